@@ -1,0 +1,54 @@
+"""Shared test helpers: random inputs, upstream gradients, purity and gradient assertions."""
+
+import numpy as np
+from hypothesis import strategies as st
+
+from minisynth.gradcheck import numerical_gradient_array, rel_error
+
+GRAD_TOL = 1e-7
+seeds = st.integers(min_value=0, max_value=2**32 - 1)
+
+
+def uniform(rng, shape, low=-2.0, high=2.0, dtype=np.float64):
+    """Bounded values (no subnormals, no infinities)."""
+    return rng.uniform(low, high, size=shape).astype(dtype)
+
+
+def upstream(rng, shape, dtype=np.float64):
+    """A random upstream gradient; never constant, so softmax/layernorm checks are not vacuous."""
+    dout = rng.standard_normal(shape).astype(dtype)
+    assert dout.size < 2 or np.ptp(dout) > 0
+    return dout
+
+
+def snapshot(*arrays):
+    return [np.array(a, copy=True) for a in arrays]
+
+
+def assert_unchanged(before, after):
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+        np.testing.assert_array_equal(a, b, err_msg=f"argument {i} was mutated")
+
+
+def assert_no_aliasing(grads, others=()):
+    """No gradient shares memory with another gradient or with any input, dout or cache array."""
+    grads = [g for g in grads if isinstance(g, np.ndarray)]
+    for i, g in enumerate(grads):
+        for j, h in enumerate(grads):
+            if i < j:
+                assert not np.shares_memory(g, h), f"gradients {i} and {j} share memory"
+        for k, o in enumerate(others):
+            if isinstance(o, np.ndarray):
+                assert not np.shares_memory(g, o), f"gradient {i} shares memory with input {k}"
+
+
+def assert_gradients_match(forward, wrt, analytic, dout, tol=GRAD_TOL):
+    """For each named array in ``wrt``, compare the analytic gradient with central differences.
+
+    ``forward()`` recomputes the output from the (in-place perturbed) arrays.
+    """
+    assert set(wrt) == set(analytic), (sorted(wrt), sorted(analytic))
+    for name, arr in wrt.items():
+        numeric = numerical_gradient_array(forward, arr, dout)
+        err = rel_error(analytic[name], numeric)
+        assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol}"
