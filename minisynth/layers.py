@@ -222,6 +222,32 @@ def softmax_backward(dout, cache):
     return dx
 
 
+# --------------------------------------------------------------------- attention core
+def attention_core_forward(S, v, causal):
+    """P = softmax(mask(S)); o = P @ v.
+
+    S (B,H,T,T), or (H,T,T) when the logits are shared across the batch;
+    v (B,H,T,hs). Returns o (B,H,T,hs) and probs (B,H,T,T).
+    """
+    B, H, T, _ = v.shape
+    S = np.broadcast_to(S, (B, H, T, T))  # (B,H,T,T) a view when shared
+    probs, _ = softmax_forward(S, causal=causal)  # (B,H,T,T)
+    o = probs @ v  # (B,H,T,hs)
+    return o, probs
+
+
+def attention_core_backward(do, probs, v, shared):
+    """Returns (dS, dv); dS is (H,T,T) summed over the batch when ``shared``."""
+    # o = P @ v
+    dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
+    dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+    # P = softmax(mask(S))
+    dS = softmax_backward(dprobs, SoftmaxCache(probs))  # (B,H,T,T)
+    if shared:
+        dS = dS.sum(axis=0)  # (H,T,T) the same S served every batch element
+    return dS, dv
+
+
 # ---------------------------------------------------------------------- cross-entropy
 class CrossEntropyCache(NamedTuple):
     probs: np.ndarray  # (N, V) softmax of the logits, flattened rows

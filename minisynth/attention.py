@@ -1,0 +1,536 @@
+"""Multi-head attention with every attention kind of the Synthesizer paper.
+
+Tay et al., 2020, "Synthesizer: Rethinking Self-Attention in Transformer Models".
+Shape letters are those of :mod:`minisynth.layers` (B, T, C, H, hs, L).
+
+Every kind shares the value and output path; only the logits S differ::
+
+    v = x @ Wv + bv                 (B,T,C) -> split into heads (B,H,T,hs)
+    P = softmax(mask(S))            (B,H,T,T), j > i excluded when causal
+    o = P @ v                       (B,H,T,hs) -> heads merged (B,T,C)
+    y = o @ Wo + bo                 (B,T,C)
+
+Logits per kind (head h uses columns h*hs:(h+1)*hs of any (.., C) projection):
+
+* ``vanilla``            S = q k^T / sqrt(hs),  q = x Wq + bq,  k = x Wk + bk
+* ``dense``              S[b,h,i,:] = (relu(x W1 + b1)[b,h,i] @ W2[h] + b2[h])[:T]
+* ``random``             S[b,h] = R[h,:T,:T]  (trainable, shared across the batch)
+* ``random_fixed``       the same R, frozen (a buffer, not a parameter)
+* ``factorized_dense``   full[j] = A[j mod a] * Bf[j div a],  S = full[:T]
+* ``factorized_random``  S[b,h] = (R1[h] @ R2[h]^T)[:T,:T]
+* mixtures ``k1+k2+...`` S = sum_n softmax(alpha[h,:])[n] * S_n
+
+Initialisation: every weight matrix is Xavier-uniform, U(-a, a) with
+a = sqrt(6 / (fan_in + fan_out)), as in the authors' code; biases and the
+mixture logits ``alpha`` start at zero (equal mixture weights). For R (L x L)
+this gives a = sqrt(3 / L), small logits, so random attention starts close to
+uniform over the visible positions. Same seed, same parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import layers
+from ._validate import FLOAT_DTYPES, check_float_array, check_positive_int
+
+# --------------------------------------------------------------------------- helpers
+
+
+def split_heads(x, H):
+    """(B,T,C) -> (B,H,T,hs)."""
+    B, T, C = x.shape
+    return x.reshape(B, T, H, C // H).transpose(0, 2, 1, 3)  # (B,H,T,hs)
+
+
+def merge_heads(x):
+    """(B,H,T,hs) -> (B,T,C), a fresh contiguous array."""
+    B, H, T, hs = x.shape
+    return np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B, T, H * hs)  # (B,T,C)
+
+
+def xavier_uniform(rng, shape, fan_in, fan_out, dtype):
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(dtype)
+
+
+def default_factors(L):
+    """(a, b) with a the largest divisor of L not above sqrt(L) and b = L // a."""
+    a = max(d for d in range(1, math.isqrt(L) + 1) if L % d == 0)
+    return a, L // a
+
+
+# ------------------------------------------------------------- logit components
+class Component:
+    """One source of attention logits. Subclasses define the kind's parameters and math.
+
+    ``shared`` components return logits (H,T,T) that do not depend on x; the
+    others return (B,H,T,T). ``forward(p, x)`` reads parameters from the dict
+    ``p`` (local names); ``backward(dS, cache)`` returns (dx or None, grads).
+    """
+
+    kind = ""
+    shared = False
+    options: tuple = ()
+    buffer_names: tuple = ()
+
+    def __init__(self, C, H, L, options):
+        self.C, self.H, self.L = C, H, L
+        self.hs = C // H
+
+    def shapes(self):
+        """name -> shape of the trainable parameters (in creation order)."""
+        raise NotImplementedError
+
+    def buffer_shapes(self):
+        return {}
+
+    def init(self, rng, dtype):
+        """Fresh parameters and buffers: (params, buffers) dicts with local names."""
+        params = {}
+        for name, shape in {**self.shapes(), **self.buffer_shapes()}.items():
+            if name.startswith("b"):  # every bias starts at zero
+                params[name] = np.zeros(shape, dtype=dtype)
+            else:  # (.., fan_in, fan_out) weights; R-like (H,L,L) or (H,L,k) alike
+                params[name] = xavier_uniform(rng, shape, shape[-2], shape[-1], dtype)
+        buffers = {n: params.pop(n) for n in self.buffer_names}
+        return params, buffers
+
+
+class Vanilla(Component):
+    """Dot-product attention: S = q k^T / sqrt(hs), q = x Wq + bq, k = x Wk + bk.
+
+    Parameters: Wq, Wk (C,C); bq, bk (C,): 2C^2 + 2C (per head 2(C hs + hs)).
+    """
+
+    kind = "vanilla"
+
+    def shapes(self):
+        C = self.C
+        return {"Wq": (C, C), "bq": (C,), "Wk": (C, C), "bk": (C,)}
+
+    def forward(self, p, x):
+        q_flat, q_cache = layers.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
+        k_flat, k_cache = layers.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
+        q = split_heads(q_flat, self.H)  # (B,H,T,hs)
+        k = split_heads(k_flat, self.H)  # (B,H,T,hs)
+        scale = 1.0 / math.sqrt(self.hs)
+        S = (q @ k.swapaxes(-1, -2)) * scale  # (B,H,T,T)
+        return S, (q, k, q_cache, k_cache, scale)
+
+    def backward(self, dS, cache):
+        q, k, q_cache, k_cache, scale = cache
+        # S = q k^T * scale
+        dq = (dS @ k) * scale  # (B,H,T,hs)
+        dk = (dS.swapaxes(-1, -2) @ q) * scale  # (B,H,T,hs)
+        dx_q, dWq, dbq = layers.linear_backward(merge_heads(dq), q_cache)
+        dx_k, dWk, dbk = layers.linear_backward(merge_heads(dk), k_cache)
+        return dx_q + dx_k, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
+
+
+class _DenseHidden(Component):
+    """The per-token hidden layer shared by dense kinds: hid = relu(x W1 + b1) in heads."""
+
+    def hidden_forward(self, p, x):
+        pre, lin_cache = layers.linear_forward(x, p["W1"], p["b1"])  # (B,T,C)
+        hid_flat, relu_cache = layers.relu_forward(pre)  # (B,T,C)
+        return split_heads(hid_flat, self.H), (lin_cache, relu_cache)  # (B,H,T,hs)
+
+    def hidden_backward(self, dhid, hidden_cache):
+        lin_cache, relu_cache = hidden_cache
+        # hid = relu(x W1 + b1)
+        dpre = layers.relu_backward(merge_heads(dhid), relu_cache)  # (B,T,C)
+        dx, dW1, db1 = layers.linear_backward(dpre, lin_cache)
+        return dx, {"W1": dW1, "b1": db1}
+
+
+class Dense(_DenseHidden):
+    """Dense Synthesizer: S[b,h,i,:] = (relu(x W1 + b1)[b,h,i] @ W2[h] + b2[h])[:T].
+
+    Parameters: W1 (C,C), b1 (C,), W2 (H,hs,L), b2 (H,L): C^2 + C + C L + H L
+    (per head: the shared C x C first layer plus hs L + L for its second layer).
+    """
+
+    kind = "dense"
+
+    def shapes(self):
+        C, H, L = self.C, self.H, self.L
+        return {"W1": (C, C), "b1": (C,), "W2": (H, self.hs, L), "b2": (H, L)}
+
+    def forward(self, p, x):
+        T = x.shape[1]
+        hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
+        W2 = p["W2"][:, :, :T]  # (H,hs,T) only the first T logit columns are used
+        S = hid @ W2[None] + p["b2"][None, :, None, :T]  # (B,H,T,T)
+        return S, (hid, W2, hidden_cache)
+
+    def backward(self, dS, cache):
+        hid, W2, hidden_cache = cache
+        H, hs, T = W2.shape
+        # S = hid @ W2[:, :, :T] + b2[:, :T]
+        dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
+        dW2[:, :, :T] = np.einsum("bhti,bhtj->hij", hid, dS)
+        db2 = np.zeros((H, self.L), dtype=dS.dtype)  # (H,L)
+        db2[:, :T] = dS.sum(axis=(0, 2))
+        dhid = dS @ W2.swapaxes(-1, -2)[None]  # (B,H,T,hs)
+        dx, grads = self.hidden_backward(dhid, hidden_cache)
+        return dx, {**grads, "W2": dW2, "b2": db2}
+
+
+class FactorizedDense(_DenseHidden):
+    """Factorized Dense: A = hid W_a[h] + b_a[h] (a), Bf = hid W_b[h] + b_b[h] (b), a b = L,
+    full[j] = A[j mod a] * Bf[j div a] (A tiled, Bf repeated), S = full[:T].
+
+    Parameters: W1 (C,C), b1 (C,), Wa (H,hs,a), ba (H,a), Wb (H,hs,b), bb (H,b):
+    C^2 + C + C (a + b) + H (a + b). Option ``factors=(a, b)``.
+    """
+
+    kind = "factorized_dense"
+    options = ("factors",)
+
+    def __init__(self, C, H, L, options):
+        super().__init__(C, H, L, options)
+        factors = options.get("factors")
+        if factors is None:
+            factors = default_factors(L)
+        try:
+            a, b = (check_positive_int("factors", f) for f in factors)
+        except TypeError:
+            raise TypeError(f"factors must be a pair of integers (a, b), got {factors!r}") from None
+        except ValueError as err:
+            raise ValueError(f"factors must be a pair of positive integers: {err}") from None
+        if a * b != L:
+            raise ValueError(
+                f"factors {a} x {b} = {a * b} must multiply to max_len L = {L} "
+                f"(the default is {default_factors(L)})"
+            )
+        self.a, self.b = a, b
+
+    def shapes(self):
+        C, H, hs = self.C, self.H, self.hs
+        a, b = self.a, self.b
+        return {
+            "W1": (C, C),
+            "b1": (C,),
+            "Wa": (H, hs, a),
+            "ba": (H, a),
+            "Wb": (H, hs, b),
+            "bb": (H, b),
+        }
+
+    def forward(self, p, x):
+        T = x.shape[1]
+        hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
+        A = hid @ p["Wa"][None] + p["ba"][None, :, None, :]  # (B,H,T,a)
+        Bf = hid @ p["Wb"][None] + p["bb"][None, :, None, :]  # (B,H,T,b)
+        # full reshaped to (b, a): full[q*a + r] = Bf[q] * A[r]
+        full = (Bf[..., :, None] * A[..., None, :]).reshape(A.shape[:3] + (self.L,))  # (B,H,T,L)
+        S = full[..., :T]  # (B,H,T,T)
+        return S, (hid, A, Bf, p["Wa"], p["Wb"], hidden_cache)
+
+    def backward(self, dS, cache):
+        hid, A, Bf, Wa, Wb, hidden_cache = cache
+        B, H, T, _ = dS.shape
+        # S = full[:T]
+        dfull = np.zeros((B, H, T, self.L), dtype=dS.dtype)  # (B,H,T,L)
+        dfull[..., :T] = dS
+        dF = dfull.reshape(B, H, T, self.b, self.a)  # (B,H,T,b,a)
+        # full[q*a + r] = Bf[q] * A[r]
+        dA = np.einsum("bhtqr,bhtq->bhtr", dF, Bf)  # (B,H,T,a)
+        dBf = np.einsum("bhtqr,bhtr->bhtq", dF, A)  # (B,H,T,b)
+        # A = hid @ Wa[h] + ba[h];  Bf = hid @ Wb[h] + bb[h]
+        dWa = np.einsum("bhti,bhtr->hir", hid, dA)  # (H,hs,a)
+        dWb = np.einsum("bhti,bhtq->hiq", hid, dBf)  # (H,hs,b)
+        dhid = dA @ Wa.swapaxes(-1, -2)[None] + dBf @ Wb.swapaxes(-1, -2)[None]  # (B,H,T,hs)
+        dx, grads = self.hidden_backward(dhid, hidden_cache)
+        return dx, {
+            **grads,
+            "Wa": dWa,
+            "ba": dA.sum(axis=(0, 2)),
+            "Wb": dWb,
+            "bb": dBf.sum(axis=(0, 2)),
+        }
+
+
+class Random(Component):
+    """Random Synthesizer: S[b,h] = R[h,:T,:T], R (H,L,L) trainable, shared across the batch.
+
+    Parameters: R (H,L,L): H L^2 (per head L^2). Its gradient sums over the batch.
+    """
+
+    kind = "random"
+    shared = True
+
+    def shapes(self):
+        return {"R": (self.H, self.L, self.L)}
+
+    def forward(self, p, x):
+        T = x.shape[1]
+        return p["R"][:, :T, :T], (T,)  # (H,T,T) a view; never written to
+
+    def backward(self, dS, cache):
+        (T,) = cache
+        # S = R[:, :T, :T]
+        dR = np.zeros((self.H, self.L, self.L), dtype=dS.dtype)  # (H,L,L) unused rows/cols 0
+        dR[:, :T, :T] = dS
+        return None, {"R": dR}
+
+
+class RandomFixed(Random):
+    """Fixed Random Synthesizer: S[b,h] = R[h,:T,:T] with R (H,L,L) frozen.
+
+    Parameters: none trainable (R is a buffer, H L^2 numbers, never updated).
+    """
+
+    kind = "random_fixed"
+    buffer_names = ("R",)
+
+    def shapes(self):
+        return {}
+
+    def buffer_shapes(self):
+        return {"R": (self.H, self.L, self.L)}
+
+    def backward(self, dS, cache):
+        return None, {}
+
+
+class FactorizedRandom(Component):
+    """Factorized Random Synthesizer: S[b,h] = (R1[h] @ R2[h]^T)[:T,:T], R1, R2 (H,L,k).
+
+    Parameters: 2 H L k (per head 2 L k). Option ``k`` (default 8, the paper's value).
+    """
+
+    kind = "factorized_random"
+    shared = True
+    options = ("k",)
+
+    def __init__(self, C, H, L, options):
+        super().__init__(C, H, L, options)
+        self.k = check_positive_int("k", options.get("k", 8))
+
+    def shapes(self):
+        return {"R1": (self.H, self.L, self.k), "R2": (self.H, self.L, self.k)}
+
+    def forward(self, p, x):
+        T = x.shape[1]
+        R1 = p["R1"][:, :T]  # (H,T,k)
+        R2 = p["R2"][:, :T]  # (H,T,k)
+        return R1 @ R2.swapaxes(-1, -2), (R1, R2)  # (H,T,T)
+
+    def backward(self, dS, cache):
+        R1, R2 = cache
+        T = R1.shape[1]
+        # S = R1[:, :T] @ R2[:, :T]^T
+        dR1 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
+        dR2 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
+        dR1[:, :T] = dS @ R2
+        dR2[:, :T] = dS.swapaxes(-1, -2) @ R1
+        return None, {"R1": dR1, "R2": dR2}
+
+
+KINDS = {
+    cls.kind: cls
+    for cls in (Vanilla, Dense, Random, RandomFixed, FactorizedDense, FactorizedRandom)
+}
+SHARED_NAMES = ("Wv", "bv", "Wo", "bo")
+
+
+def parse_kind(kind):
+    """'dense+vanilla' -> ['dense', 'vanilla'], with clear errors for unknown or repeated kinds."""
+    if not isinstance(kind, str):
+        raise TypeError(f"attention kind must be a string, got {type(kind).__name__}")
+    parts = [p.strip() for p in kind.split("+")]
+    valid = ", ".join(KINDS)
+    for p in parts:
+        if p not in KINDS:
+            raise ValueError(
+                f"unknown attention kind {p!r}; valid kinds are {valid}, "
+                "or a mixture of them joined by '+' (e.g. 'dense+vanilla')"
+            )
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"attention kind {kind!r} repeats a component; each may appear once")
+    return parts
+
+
+def _check_sizes(d_model, n_heads, max_len):
+    C = check_positive_int("d_model", d_model)
+    H = check_positive_int("n_heads", n_heads)
+    L = check_positive_int("max_len", max_len)
+    if C % H:
+        raise ValueError(f"d_model {C} is not divisible by n_heads {H}")
+    return C, H, L
+
+
+def _make_components(parts, C, H, L, options):
+    used = set()
+    comps = []
+    for p in parts:
+        cls = KINDS[p]
+        used.update(cls.options)
+        comps.append(cls(C, H, L, options))
+    unknown = set(options) - used
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {sorted(unknown)} for attention {'+'.join(parts)!r}; "
+            "factorized_dense takes 'factors', factorized_random takes 'k'"
+        )
+    return comps
+
+
+def count_params(kind, d_model, n_heads, max_len, **options):
+    """Number of trainable parameters of ``build(kind, ...)`` without allocating them."""
+    parts = parse_kind(kind)
+    C, H, L = _check_sizes(d_model, n_heads, max_len)
+    comps = _make_components(parts, C, H, L, options)
+    n = 2 * C * C + 2 * C  # Wv, bv, Wo, bo
+    n += sum(math.prod(s) for c in comps for s in c.shapes().values())
+    if len(comps) > 1:
+        n += H * len(comps)  # alpha
+    return n
+
+
+class AttentionCache(NamedTuple):
+    probs: np.ndarray  # (B,H,T,T) attention probabilities after masking and softmax
+    v: np.ndarray  # (B,H,T,hs)
+    v_cache: layers.LinearCache
+    o_cache: layers.LinearCache
+    logits: tuple  # per component: S_n (B,H,T,T) or shared (H,T,T)
+    component_caches: tuple
+    mix_weights: np.ndarray | None  # (H,N) softmax(alpha), None for a single kind
+
+
+class Attention:
+    """Multi-head attention of one kind (or a mixture); build it with :func:`build`."""
+
+    def __init__(self, kind, d_model, n_heads, max_len, *, causal, seed, dtype, **options):
+        if np.dtype(dtype) not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        self.parts = parse_kind(kind)
+        self.kind = "+".join(self.parts)
+        self.C, self.H, self.L = _check_sizes(d_model, n_heads, max_len)
+        self.hs = self.C // self.H
+        self.causal = bool(causal)
+        self.dtype = np.dtype(dtype)
+        self.components = _make_components(self.parts, self.C, self.H, self.L, options)
+        self.mixture = len(self.components) > 1
+        self.prefixes = [f"{c.kind}." if self.mixture else "" for c in self.components]
+
+        rng = np.random.default_rng(seed)
+        C = self.C
+        self.params = {
+            "Wv": xavier_uniform(rng, (C, C), C, C, self.dtype),
+            "bv": np.zeros(C, dtype=self.dtype),
+            "Wo": xavier_uniform(rng, (C, C), C, C, self.dtype),
+            "bo": np.zeros(C, dtype=self.dtype),
+        }
+        self.buffers = {}
+        for comp, prefix in zip(self.components, self.prefixes, strict=True):
+            params, buffers = comp.init(rng, self.dtype)
+            self.params.update({prefix + n: a for n, a in params.items()})
+            self.buffers.update({prefix + n: a for n, a in buffers.items()})
+        if self.mixture:
+            self.params["alpha"] = np.zeros((self.H, len(self.components)), dtype=self.dtype)
+
+    def __repr__(self):
+        return (
+            f"Attention({self.kind!r}, d_model={self.C}, n_heads={self.H}, max_len={self.L}, "
+            f"causal={self.causal}, dtype={self.dtype.name})"
+        )
+
+    def _local(self, comp, prefix):
+        """The component's parameters and buffers under their local names."""
+        p = {n: self.params[prefix + n] for n in comp.shapes()}
+        p.update({n: self.buffers[prefix + n] for n in comp.buffer_shapes()})
+        return p
+
+    def _check_input(self, x):
+        check_float_array("x", x, ndim=3)
+        B, T, C = x.shape
+        if x.dtype != self.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but this layer was built with {self.dtype}")
+        if C != self.C:
+            raise ValueError(f"x has {C} channels but the layer has d_model = {self.C}")
+        if T > self.L:
+            raise ValueError(
+                f"sequence length T = {T} exceeds max_len L = {self.L}: Dense and Random "
+                "synthesizers are tied to a maximum length L (their logits have L columns), "
+                "so every kind here accepts T <= L"
+            )
+        if T == 0 or B == 0:
+            raise ValueError(
+                f"x must have at least one batch element and one position, got {x.shape}"
+            )
+
+    def forward(self, x):
+        """x (B,T,C) -> (y (B,T,C), cache); ``cache.probs`` is (B,H,T,T)."""
+        self._check_input(x)
+        p = self.params
+        v_flat, v_cache = layers.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
+        v = split_heads(v_flat, self.H)  # (B,H,T,hs)
+
+        logits, caches = [], []
+        for comp, prefix in zip(self.components, self.prefixes, strict=True):
+            S_n, c = comp.forward(self._local(comp, prefix), x)  # (B,H,T,T) or (H,T,T)
+            logits.append(S_n)
+            caches.append(c)
+        if self.mixture:
+            mix, _ = layers.softmax_forward(p["alpha"])  # (H,N)
+            S = sum(mix[:, n, None, None] * S_n for n, S_n in enumerate(logits))  # (B?,H,T,T)
+        else:
+            mix = None
+            S = logits[0]  # (B,H,T,T) or (H,T,T)
+
+        o, probs = layers.attention_core_forward(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
+        y, o_cache = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
+        cache = AttentionCache(probs, v, v_cache, o_cache, tuple(logits), tuple(caches), mix)
+        return y, cache
+
+    def backward(self, dy, cache):
+        """dy (B,T,C) -> (dx (B,T,C), grads keyed like ``params``)."""
+        check_float_array("dy", dy, ndim=3, dtype=self.dtype)
+        if dy.shape != cache.v_cache.x.shape:
+            raise ValueError(f"dy has shape {dy.shape}, expected {cache.v_cache.x.shape}")
+        grads = {}
+        # y = o @ Wo + bo
+        do_flat, grads["Wo"], grads["bo"] = layers.linear_backward(dy, cache.o_cache)
+        do = split_heads(do_flat, self.H)  # (B,H,T,hs)
+        shared = all(c.shared for c in self.components)
+        # o = softmax(mask(S)) @ v
+        dS, dv = layers.attention_core_backward(do, cache.probs, cache.v, shared)
+        # v = x @ Wv + bv
+        dx, grads["Wv"], grads["bv"] = layers.linear_backward(merge_heads(dv), cache.v_cache)
+
+        if self.mixture:
+            mix = cache.mix_weights  # (H,N)
+            # S = sum_n mix[h,n] * S_n
+            dmix = np.stack(
+                [(dS * S_n).sum(axis=(-1, -2)).reshape(-1, self.H).sum(0) for S_n in cache.logits],
+                axis=1,
+            )  # (H,N)
+            # mix = softmax(alpha)
+            grads["alpha"] = layers.softmax_backward(dmix, layers.SoftmaxCache(mix))  # (H,N)
+        for n, (comp, prefix) in enumerate(zip(self.components, self.prefixes, strict=True)):
+            dS_n = dS * mix[:, n, None, None] if self.mixture else dS  # like S
+            if comp.shared and dS_n.ndim == 4:
+                dS_n = dS_n.sum(axis=0)  # (H,T,T) shared logits: sum over the batch
+            dx_n, g = comp.backward(dS_n, cache.component_caches[n])
+            if dx_n is not None:
+                dx = dx + dx_n
+            grads.update({prefix + name: a for name, a in g.items()})
+        return dx, grads
+
+
+def build(kind, d_model, n_heads, max_len, *, causal=True, seed=0, dtype=np.float32, **options):
+    """Build a multi-head attention layer of ``kind`` (see the module docstring).
+
+    ``kind`` is one of vanilla, dense, random, random_fixed, factorized_dense,
+    factorized_random, or a mixture joined by '+'. Options: ``factors=(a, b)``
+    for factorized_dense (a b = max_len), ``k`` for factorized_random.
+    """
+    return Attention(
+        kind, d_model, n_heads, max_len, causal=causal, seed=seed, dtype=dtype, **options
+    )
