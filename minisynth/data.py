@@ -3,7 +3,7 @@
 Data is a 1-D ``uint8`` array of raw bytes (vocabulary V = 256). Three sources:
 
 * ``"bundled"``: the first 1,048,576 bytes of enwik8, shipped gzipped inside the
-  package (``minisynth/data/``; provenance and checksums in ``SOURCE.md``);
+  package (``minisynth/corpus/``; provenance and checksums in ``SOURCE.md``);
 * ``"enwik8"``: the full 100,000,000-byte file, downloaded once with
   :func:`fetch_enwik8` (``minisynth data fetch``) into :func:`cache_dir`;
 * any local file, read as bytes.
@@ -102,12 +102,12 @@ def load_bundled():
     Read from the package (``importlib.resources``), gunzipped, and checked
     against :data:`BUNDLED_SHA256`; raises :class:`DataError` if the bytes differ.
     """
-    resource = resources.files("minisynth") / "data" / BUNDLED_NAME
+    resource = resources.files("minisynth") / "corpus" / BUNDLED_NAME
     try:
         packed = resource.read_bytes()
     except FileNotFoundError as err:
         raise DataError(
-            f"the bundled data file minisynth/data/{BUNDLED_NAME} is missing; reinstall minisynth"
+            f"the bundled data file minisynth/corpus/{BUNDLED_NAME} is missing; reinstall minisynth"
         ) from err
     try:
         raw = gzip.decompress(packed)
