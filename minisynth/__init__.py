@@ -6,4 +6,14 @@ Shape letters used throughout the package are fixed in :mod:`minisynth.layers`.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .backend import get_backend, set_backend, use_backend  # noqa: E402
+from .model import ModelConfig, SynthesizerLM  # noqa: E402
+
+__all__ = [
+    "ModelConfig",
+    "SynthesizerLM",
+    "__version__",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+]

@@ -51,14 +51,17 @@ def assert_gradients_match(forward, wrt, analytic, dout, tol=GRAD_TOL):
     assert set(wrt) == set(analytic), (sorted(wrt), sorted(analytic))
     for name, arr in wrt.items():
         numeric = numerical_gradient_array(forward, arr, dout)
-        if np.linalg.norm(numeric) < ZERO_GRAD:
-            # a gradient that is zero in exact arithmetic (e.g. the key bias, which shifts a
-            # whole softmax row): relative error of two rounding noises means nothing, so
-            # the analytic gradient must be just as negligible
-            norm = np.linalg.norm(analytic[name])
-            assert norm < ZERO_GRAD, (
-                f"gradient of {name}: {norm:.3e} where finite differences give 0"
-            )
-            continue
-        err = rel_error(analytic[name], numeric)
-        assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol}"
+        assert_gradient_close(name, analytic[name], numeric, tol)
+
+
+def assert_gradient_close(name, analytic, numeric, tol=GRAD_TOL):
+    """Relative error <= tol, or both negligible where the exact gradient is zero."""
+    if np.linalg.norm(numeric) < ZERO_GRAD:
+        # a gradient that is zero in exact arithmetic (e.g. the key bias, which shifts a
+        # whole softmax row): relative error of two rounding noises means nothing, so
+        # the analytic gradient must be just as negligible
+        norm = np.linalg.norm(analytic)
+        assert norm < ZERO_GRAD, f"gradient of {name}: {norm:.3e} where finite differences give 0"
+        return
+    err = rel_error(analytic, numeric)
+    assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol}"

@@ -1,0 +1,310 @@
+"""A decoder-only, character-level Synthesizer language model with a hand-written backward.
+
+Shape letters are those of :mod:`minisynth.layers` (B, T, C, V, L).
+
+Forward (GPT-2 layout with pre-norm blocks and a tied output embedding)::
+
+    x = wte[idx] + wpe[:T]                                  (B,T,C)
+    for each block:
+        x = x + attn(ln1(x))                                (B,T,C)
+        x = x + gelu_tanh(ln2(x) @ W1 + b1) @ W2 + b2       (B,T,C)
+    logits = ln_f(x) @ wte^T                                (B,T,V)
+    loss = mean cross-entropy in nats;  BPC = loss / ln 2
+
+Initialisation: token and position embeddings N(0, 0.02); MLP weights
+Xavier-uniform like the attention layers (see :mod:`minisynth.attention`);
+biases zero; layer-norm gains one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from . import attention, layers
+from ._validate import FLOAT_DTYPES, check_int_array, check_positive_int
+from .backend import op
+
+EMBEDDING_STD = 0.02
+
+
+@dataclass
+class ModelConfig:
+    """Size and kind of a :class:`SynthesizerLM`; validated on creation."""
+
+    vocab_size: int = 256
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2
+    max_len: int = 128
+    attention: str = "dense"
+    attention_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_len"):
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
+        if not isinstance(self.attention_options, dict):
+            raise TypeError(
+                f"attention_options must be a dict, got {type(self.attention_options).__name__}"
+            )
+        if isinstance(self.attention_options.get("factors"), list):  # JSON gives lists
+            self.attention_options["factors"] = tuple(self.attention_options["factors"])
+        # validates the kind, d_model % n_heads, and the options (factors, k)
+        attention.count_params(
+            self.attention, self.d_model, self.n_heads, self.max_len, **self.attention_options
+        )
+        self.attention = "+".join(attention.parse_kind(self.attention))
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the model config is not valid JSON: {err}") from None
+        if not isinstance(fields, dict):
+            raise ValueError("the model config must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ValueError(f"the model config has unknown fields {sorted(unknown)}")
+        return cls(**fields)
+
+
+class BlockCache(NamedTuple):
+    ln1: layers.LayerNormCache
+    attn: attention.AttentionCache
+    ln2: layers.LayerNormCache
+    fc: layers.LinearCache
+    gelu: layers.GeluCache
+    proj: layers.LinearCache
+
+
+class ModelCache(NamedTuple):
+    idx: np.ndarray  # (B,T)
+    blocks: tuple  # BlockCache per block
+    ln_f: layers.LayerNormCache
+    xf: np.ndarray  # (B,T,C) ln_f output, the input of the tied head
+
+
+class SynthesizerLM:
+    """Decoder-only Synthesizer LM. ``params`` and ``buffers`` are flat dicts (contract names)."""
+
+    def __init__(self, config, seed=0, dtype=np.float32):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        if np.dtype(dtype) not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        cfg = config
+        C, V, L = cfg.d_model, cfg.vocab_size, cfg.max_len
+        rng = np.random.default_rng(seed)
+        p = {
+            "wte": (rng.standard_normal((V, C)) * EMBEDDING_STD).astype(self.dtype),
+            "wpe": (rng.standard_normal((L, C)) * EMBEDDING_STD).astype(self.dtype),
+        }
+        self.buffers = {}
+        self.attn = []
+        for i in range(cfg.n_layers):
+            pre = f"blocks.{i}."
+            layer = attention.build(
+                cfg.attention,
+                C,
+                cfg.n_heads,
+                L,
+                causal=True,
+                seed=int(rng.integers(2**31)),
+                dtype=self.dtype,
+                **cfg.attention_options,
+            )
+            self.attn.append(layer)
+            p[pre + "ln1.g"] = np.ones(C, dtype=self.dtype)
+            p[pre + "ln1.b"] = np.zeros(C, dtype=self.dtype)
+            # the layer's own arrays: updating model.params in place updates the layer
+            p.update({pre + "attn." + n: a for n, a in layer.params.items()})
+            self.buffers.update({pre + "attn." + n: a for n, a in layer.buffers.items()})
+            p[pre + "ln2.g"] = np.ones(C, dtype=self.dtype)
+            p[pre + "ln2.b"] = np.zeros(C, dtype=self.dtype)
+            p[pre + "mlp.W1"] = attention.xavier_uniform(rng, (C, 4 * C), C, 4 * C, self.dtype)
+            p[pre + "mlp.b1"] = np.zeros(4 * C, dtype=self.dtype)
+            p[pre + "mlp.W2"] = attention.xavier_uniform(rng, (4 * C, C), 4 * C, C, self.dtype)
+            p[pre + "mlp.b2"] = np.zeros(C, dtype=self.dtype)
+        p["ln_f.g"] = np.ones(C, dtype=self.dtype)
+        p["ln_f.b"] = np.zeros(C, dtype=self.dtype)
+        self.params = p
+
+    def __repr__(self):
+        return f"SynthesizerLM({self.config}, params={self.num_params():,})"
+
+    def num_params(self):
+        return sum(a.size for a in self.params.values())
+
+    # ------------------------------------------------------------------ state
+    def load_state(self, params, buffers=None):
+        """Copy arrays into the model in place (keeps the attention layers' views valid).
+
+        Raises ValueError naming any missing, unexpected or mis-shaped array.
+        """
+        for what, ours, theirs in (
+            ("parameter", self.params, params),
+            ("buffer", self.buffers, buffers or {}),
+        ):
+            missing = sorted(set(ours) - set(theirs))
+            extra = sorted(set(theirs) - set(ours))
+            if missing:
+                raise ValueError(f"missing {what}(s) {missing[:5]} for this model config")
+            if extra:
+                raise ValueError(f"unexpected {what}(s) {extra[:5]} for this model config")
+            for name, arr in ours.items():
+                new = np.asarray(theirs[name])
+                if new.shape != arr.shape:
+                    raise ValueError(
+                        f"{what} {name} has shape {new.shape}, the model expects {arr.shape}"
+                    )
+        for ours, theirs in ((self.params, params), (self.buffers, buffers or {})):
+            for name, arr in ours.items():
+                arr[...] = theirs[name]
+
+    # ---------------------------------------------------------------- forward
+    def _check_idx(self, idx, name="idx"):
+        check_int_array(name, idx, upper=self.config.vocab_size, ndim=2)
+        B, T = idx.shape
+        if T == 0 or B == 0:
+            raise ValueError(f"{name} must have at least one row and one position, got {idx.shape}")
+        if T > self.config.max_len:
+            raise ValueError(
+                f"{name} has length T = {T} but the model's max_len is {self.config.max_len}"
+            )
+
+    def _forward(self, idx):
+        p = self.params
+        B, T = idx.shape
+        x = p["wte"][idx] + p["wpe"][:T]  # (B,T,C)
+        block_caches = []
+        for i, attn in enumerate(self.attn):
+            pre = f"blocks.{i}."
+            a_in, ln1 = op("layernorm_forward")(x, p[pre + "ln1.g"], p[pre + "ln1.b"])  # (B,T,C)
+            a_out, attn_cache = attn.forward(a_in)  # (B,T,C)
+            x = x + a_out  # (B,T,C)
+            m_in, ln2 = op("layernorm_forward")(x, p[pre + "ln2.g"], p[pre + "ln2.b"])  # (B,T,C)
+            h, fc = layers.linear_forward(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
+            hg, gelu = op("gelu_forward")(h)  # (B,T,4C)
+            m_out, proj = layers.linear_forward(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
+            x = x + m_out  # (B,T,C)
+            block_caches.append(BlockCache(ln1, attn_cache, ln2, fc, gelu, proj))
+        xf, ln_f = op("layernorm_forward")(x, p["ln_f.g"], p["ln_f.b"])  # (B,T,C)
+        logits = xf @ p["wte"].T  # (B,T,V)
+        return logits, ModelCache(idx, tuple(block_caches), ln_f, xf)
+
+    def forward(self, idx):
+        """idx (B,T) ints -> logits (B,T,V)."""
+        self._check_idx(idx)
+        logits, _ = self._forward(idx)
+        return logits
+
+    def forward_with_cache(self, idx):
+        """idx (B,T) -> (logits, cache); ``cache.blocks[i].attn.probs`` are the attention maps."""
+        self._check_idx(idx)
+        return self._forward(idx)
+
+    def loss(self, idx, targets):
+        """Mean cross-entropy in nats (no gradients)."""
+        self._check_idx(idx)
+        self._check_idx(targets, "targets")
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets shape {targets.shape} differs from idx shape {idx.shape}")
+        logits, _ = self._forward(idx)
+        loss, _ = op("cross_entropy_forward")(logits, targets)
+        return float(loss)
+
+    # --------------------------------------------------------------- backward
+    def loss_and_grads(self, idx, targets):
+        """(mean cross-entropy in nats, grads keyed like ``params``)."""
+        self._check_idx(idx)
+        self._check_idx(targets, "targets")
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets shape {targets.shape} differs from idx shape {idx.shape}")
+        p = self.params
+        logits, cache = self._forward(idx)
+        loss, ce = op("cross_entropy_forward")(logits, targets)
+        grads = {}
+        B, T = idx.shape
+        C, V = self.config.d_model, self.config.vocab_size
+
+        # loss = mean cross-entropy(logits, targets)
+        dlogits = op("cross_entropy_backward")(1.0, ce)  # (B,T,V)
+        # logits = xf @ wte^T  (the first use of the tied embedding)
+        dxf = dlogits @ p["wte"]  # (B,T,C)
+        dwte = dlogits.reshape(-1, V).T @ cache.xf.reshape(-1, C)  # (V,C)
+        # xf = ln_f(x)
+        dx, grads["ln_f.g"], grads["ln_f.b"] = op("layernorm_backward")(dxf, cache.ln_f)
+        for i in reversed(range(len(self.attn))):
+            pre = f"blocks.{i}."
+            bc = cache.blocks[i]
+            # x = x + gelu(ln2(x) @ W1 + b1) @ W2 + b2
+            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = layers.linear_backward(dx, bc.proj)
+            dh = op("gelu_backward")(dhg, bc.gelu)  # (B,T,4C)
+            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = layers.linear_backward(dh, bc.fc)
+            dx_ln2, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = op("layernorm_backward")(
+                dm_in, bc.ln2
+            )
+            dx = dx + dx_ln2  # (B,T,C) the residual passes dx through unchanged
+            # x = x + attn(ln1(x))
+            da_in, attn_grads = self.attn[i].backward(dx, bc.attn)
+            grads.update({pre + "attn." + n: g for n, g in attn_grads.items()})
+            dx_ln1, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = op("layernorm_backward")(
+                da_in, bc.ln1
+            )
+            dx = dx + dx_ln1  # (B,T,C)
+        # x = wte[idx] + wpe[:T]
+        dwpe = np.zeros_like(p["wpe"])  # (L,C) rows >= T get no gradient
+        dwpe[:T] = dx.sum(axis=0)
+        grads["wpe"] = dwpe
+        emb_cache = layers.EmbeddingCache(idx, V)
+        grads["wte"] = dwte + op("embedding_backward")(dx, emb_cache)  # tied: both uses add
+        return float(loss), {name: grads[name] for name in p}
+
+    # ------------------------------------------------------------- generation
+    def generate(self, prompt, length, *, temperature=1.0, top_k=None, seed=0):
+        """Sample ``length`` bytes after ``prompt`` (1-D ints); the window slides past max_len.
+
+        Returns a 1-D int array of the new tokens only.
+        """
+        prompt = np.asarray(prompt)
+        check_int_array("prompt", prompt, upper=self.config.vocab_size, ndim=1)
+        if prompt.size == 0:
+            raise ValueError("the prompt must contain at least one byte")
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+            raise ValueError(f"length must be a non-negative integer, got {length!r}")
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number, got {temperature!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        V = self.config.vocab_size
+        if top_k is not None:
+            top_k = check_positive_int("top_k", top_k)
+            top_k = min(top_k, V)
+        rng = np.random.default_rng(seed)
+        tokens = list(prompt.tolist())
+        out = []
+        for _ in range(int(length)):
+            window = np.array(tokens[-self.config.max_len :], dtype=np.int64)[None]  # (1,T)
+            logits, _ = self._forward(window)
+            z = logits[0, -1].astype(np.float64) / temperature  # (V,)
+            if top_k is not None and top_k < V:
+                cutoff = np.partition(z, V - top_k)[V - top_k]
+                z = np.where(z >= cutoff, z, -np.inf)
+            probs = np.exp(z - z.max())  # (V,)
+            probs /= probs.sum()
+            nxt = int(rng.choice(V, p=probs))
+            tokens.append(nxt)
+            out.append(nxt)
+        return np.array(out, dtype=np.int64)

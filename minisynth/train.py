@@ -1,0 +1,250 @@
+"""Training, evaluation and sampling for :class:`~minisynth.model.SynthesizerLM`.
+
+The loop: random windows of T bytes from the train split, AdamW with global-norm
+clipping and a warmup + cosine learning-rate schedule, periodic validation BPC
+over the whole validation split in non-overlapping windows, an atomic
+checkpoint after every evaluation and at the end, ``metrics.jsonl`` with one
+JSON object per logged step.
+
+Resuming restores parameters, optimizer state, step and the data RNG, so an
+interrupted-and-resumed run reproduces the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .backend import get_backend, op
+from .data import get_batch, iter_eval_windows, load_data
+from .model import SynthesizerLM
+from .optim import AdamW, clip_grad_norm, lr_schedule
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the model's shape lives in ModelConfig)."""
+
+    data: str = "bundled"
+    batch_size: int = 32
+    steps: int = 1500
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_interval: int = 250
+    log_interval: int = 10
+    seed: int = 0
+    sample_length: int = 200
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "eval_interval", "log_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(
+                f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps!r}"
+            )
+        for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} must not exceed lr {self.lr}")
+        if self.sample_length < 0:
+            raise ValueError(f"sample_length must be non-negative, got {self.sample_length}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def evaluate(model, data, batch_size=32):
+    """Bits per character over ``data`` walked in order in non-overlapping windows of max_len."""
+    total, count = 0.0, 0
+    for x, y in iter_eval_windows(data, model.config.max_len, batch_size):
+        logits = model.forward(x)  # (B,T,V)
+        loss, _ = op("cross_entropy_forward")(logits, y)
+        total += float(loss) * y.size
+        count += y.size
+    return total / count / LN2
+
+
+def decode(tokens):
+    """Bytes -> text, replacing invalid UTF-8 (a byte model may emit broken sequences)."""
+    return bytes(np.asarray(tokens, dtype=np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+def _trim_metrics(path, last_step):
+    """Drop logged lines after ``last_step`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line from a killed run
+    ckpt.atomic_write(path, lambda f: f.write("".join(k + "\n" for k in keep).encode()))
+
+
+class _StopRequested:
+    """SIGINT/SIGTERM handler that lets the current step finish before stopping."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: keep default behaviour
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(model_config, train_config, out_dir, *, resume=False, progress=True, log=print):
+    """Train and return a summary dict (final val BPC, wall time, sample, paths).
+
+    ``resume=True`` continues from ``out_dir/checkpoint.npz``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.npz"
+    metrics_path = out / "metrics.jsonl"
+    tc = train_config
+    splits, description = load_data(tc.data)
+    T = model_config.max_len
+    for name in ("train", "val"):
+        if splits[name].size < T + 1:
+            raise ValueError(
+                f"the {name} split of {description} has {splits[name].size} bytes, too few for "
+                f"max_len {T} (it needs at least {T + 1}); lower --max-len or use more data"
+            )
+
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        model, data = ckpt.load_checkpoint(ckpt_path)
+        model_config = model.config
+        saved = json.loads(str(data["train_config"]))
+        if saved:
+            tc = TrainConfig(**{**saved, "steps": train_config.steps})
+        optimizer = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
+        optimizer.load_state_dict(ckpt.optimizer_state(data))
+        rng = ckpt.restore_rng(data)
+        start = int(data["step"])
+        _trim_metrics(metrics_path, start)
+        log(f"resuming {ckpt_path} at step {start}")
+    else:
+        model = SynthesizerLM(model_config, seed=tc.seed)
+        optimizer = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
+        rng = np.random.default_rng(tc.seed)
+        start = 0
+        metrics_path.unlink(missing_ok=True)
+    tc_dict = dataclasses.asdict(tc)
+    log(
+        f"{model_config.attention}: {model.num_params():,} parameters, data {description}, "
+        f"backend {get_backend()}"
+    )
+
+    def save(step):
+        ckpt.save_checkpoint(
+            ckpt_path, model, optimizer=optimizer, step=step, rng=rng, train_config=tc_dict
+        )
+
+    val_bpc = None
+    t_start = time.perf_counter()
+    t_last, tokens_since = t_start, 0
+    step = start
+    bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    with _StopRequested() as stop, metrics_path.open("a") as metrics, bar:
+        while step < tc.steps and not stop.requested:
+            lr = lr_schedule(
+                step,
+                max_lr=tc.lr,
+                warmup_steps=tc.warmup_steps,
+                total_steps=tc.steps,
+                min_lr=tc.min_lr,
+            )
+            x, y = get_batch(splits["train"], tc.batch_size, T, rng)
+            loss, grads = model.loss_and_grads(x, y)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the training loss became {loss} at step {step + 1}; the learning rate "
+                    f"({lr:.3g}) is probably too high for this model. The last good checkpoint "
+                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is untouched"
+                )
+            if tc.grad_clip > 0:
+                clip_grad_norm(grads, tc.grad_clip)
+            optimizer.step(grads, lr=lr)
+            step += 1
+            tokens_since += x.size
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            evaluated = step % tc.eval_interval == 0 or step == tc.steps
+            if step % tc.log_interval == 0 or evaluated:
+                now = time.perf_counter()
+                record = {
+                    "step": step,
+                    "lr": lr,
+                    "loss": loss,
+                    "tokens_per_s": tokens_since / max(now - t_last, 1e-9),
+                }
+                if evaluated:
+                    val_bpc = evaluate(model, splits["val"])
+                    record["val_bpc"] = val_bpc
+                    bar.write(f"step {step}: train loss {loss:.4f}, val BPC {val_bpc:.4f}")
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                t_last, tokens_since = time.perf_counter(), 0
+            if evaluated:
+                save(step)
+        if stop.requested and step < tc.steps:
+            save(step)
+            log(f"interrupted: saved step {step} to {ckpt_path}; continue with --resume")
+    wall = time.perf_counter() - t_start
+    if val_bpc is None:
+        val_bpc = evaluate(model, splits["val"])
+    result = {
+        "attention": model.config.attention,
+        "steps": step,
+        "val_bpc": val_bpc,
+        "wall_time_s": wall,
+        "checkpoint": str(ckpt_path),
+        "metrics": str(metrics_path),
+        "interrupted": step < tc.steps,
+    }
+    if step == tc.steps and tc.sample_length:
+        prompt = splits["val"][:64]
+        result["sample_prompt"] = decode(prompt)
+        result["sample"] = decode(model.generate(prompt, tc.sample_length, seed=tc.seed))
+    return result
