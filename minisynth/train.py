@@ -129,10 +129,14 @@ class _StopRequested:
             signal.signal(sig, old)
 
 
-def train(model_config, train_config, out_dir, *, resume=False, progress=True, log=print):
+def train(
+    model_config, train_config, out_dir, *, resume=False, progress=True, log=print, stop_after=None
+):
     """Train and return a summary dict (final val BPC, wall time, sample, paths).
 
-    ``resume=True`` continues from ``out_dir/checkpoint.npz``.
+    ``resume=True`` continues from ``out_dir/checkpoint.npz``. ``stop_after=n``
+    stops after n steps of this call exactly as an interruption would (checkpoint
+    saved, resumable): for time-boxed runs and for testing resumption.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -187,7 +191,8 @@ def train(model_config, train_config, out_dir, *, resume=False, progress=True, l
     step = start
     bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
     with _StopRequested() as stop, metrics_path.open("a") as metrics, bar:
-        while step < tc.steps and not stop.requested:
+        stop_step = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
+        while step < tc.steps and not stop.requested and step < stop_step:
             lr = lr_schedule(
                 step,
                 max_lr=tc.lr,
@@ -228,7 +233,7 @@ def train(model_config, train_config, out_dir, *, resume=False, progress=True, l
                 t_last, tokens_since = time.perf_counter(), 0
             if evaluated:
                 save(step)
-        if stop.requested and step < tc.steps:
+        if step < tc.steps:
             save(step)
             log(f"interrupted: saved step {step} to {ckpt_path}; continue with --resume")
     wall = time.perf_counter() - t_start
