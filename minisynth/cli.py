@@ -97,7 +97,7 @@ def cmd_train(args):
     if "sample" in result:
         print("sample (after the first 64 validation bytes):")
         print(result["sample"])
-    return 0
+    return 130 if result["interrupted"] else 0
 
 
 def cmd_eval(args):
