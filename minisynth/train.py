@@ -144,6 +144,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.npz"
     metrics_path = out / "metrics.jsonl"
+    for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
+        stale.unlink(missing_ok=True)
     tc = train_config
     splits, description = load_data(tc.data)
     T = model_config.max_len
@@ -160,8 +162,10 @@ def train(
         model, data = ckpt.load_checkpoint(ckpt_path)
         model_config = model.config
         saved = json.loads(str(data["train_config"]))
-        if saved:
-            tc = TrainConfig(**{**saved, "steps": train_config.steps})
+        if saved:  # the saved schedule, stretched or cut to the requested total steps
+            steps = train_config.steps
+            warmup = min(saved.get("warmup_steps", 0), steps)
+            tc = TrainConfig(**{**saved, "steps": steps, "warmup_steps": warmup})
         optimizer = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
         optimizer.load_state_dict(ckpt.optimizer_state(data))
         rng = ckpt.restore_rng(data)
