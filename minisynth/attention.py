@@ -36,6 +36,7 @@ import numpy as np
 
 from . import layers
 from ._validate import FLOAT_DTYPES, check_float_array, check_positive_int
+from .backend import op
 
 # --------------------------------------------------------------------------- helpers
 
@@ -484,7 +485,7 @@ class Attention:
             mix = None
             S = logits[0]  # (B,H,T,T) or (H,T,T)
 
-        o, probs = layers.attention_core_forward(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
+        o, probs = op("attention_core_forward")(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
         y, o_cache = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
         cache = AttentionCache(probs, v, v_cache, o_cache, tuple(logits), tuple(caches), mix)
         return y, cache
@@ -500,7 +501,7 @@ class Attention:
         do = split_heads(do_flat, self.H)  # (B,H,T,hs)
         shared = all(c.shared for c in self.components)
         # o = softmax(mask(S)) @ v
-        dS, dv = layers.attention_core_backward(do, cache.probs, cache.v, shared)
+        dS, dv = op("attention_core_backward")(do, cache.probs, cache.v, shared)
         # v = x @ Wv + bv
         dx, grads["Wv"], grads["bv"] = layers.linear_backward(merge_heads(dv), cache.v_cache)
 

@@ -1,0 +1,706 @@
+"""Numba kernels: drop-in twins of the NumPy reference layers.
+
+Every public function here has exactly the signature, the input checks and the
+return types (the same NamedTuple caches) of its NumPy twin in
+:mod:`minisynth.layers` (``adamw_update``: :mod:`minisynth.optim`), so
+:func:`minisynth.backend.op` can hand out either one. One extra has no twin:
+``cross_entropy_forward_backward``, the fused loss and gradient. A public function is a
+thin Python wrapper: it runs the twin's checks, views the data as a C-contiguous
+2-D ``(N, C)`` (or flat) array and calls a jitted inner function that does the
+arithmetic. The twins are the ground truth; ``tests/test_kernels.py`` holds the
+kernels to them.
+
+Conventions
+-----------
+* Arithmetic runs in the input dtype (float32 or float64). Row reductions (mean,
+  variance, log-sum-exp, the loss) and column sums (``dg``, ``db``) accumulate in
+  float64, so results agree with the twins to the rounding of the dtype.
+* All jit options live in :data:`JIT_OPTS` / :data:`PARALLEL_JIT_OPTS`. fastmath
+  is an explicit flag set without ``nnan`` / ``ninf``: masked logits are ``-inf``
+  and must stay ``-inf`` (``exp(-inf) = 0``).
+* The kernels are compiled serially (see :data:`PARALLEL_JIT_OPTS` for why).
+  Their ``prange`` loops run only over the index that one iteration writes (a
+  row, a block of rows, an element); no prange body does ``+=`` into an array
+  shared between iterations, so they stay correct if compiled in parallel.
+  Column sums over rows are formed as partial sums of fixed-size row blocks,
+  added up in block order: the result would not depend on the thread count.
+* Backward functions are pure: they never write into ``dout`` or the cache and
+  return freshly allocated arrays.
+* exp: Numba (without Intel's SVML library) calls the scalar libm ``exp`` for
+  every element, while NumPy's ``np.exp`` ufunc is SIMD and about 5x faster here.
+  So the exp-heavy kernels (GELU, softmax / cross-entropy) run as a jitted pass
+  that writes the exponent into a fresh buffer, ``np.exp`` in place on it, and a
+  jitted pass that finishes the job in the same buffer.
+* If a kernel fails to compile, its wrapper tells :mod:`minisynth.backend` (one
+  RuntimeWarning; the backend switches to NumPy) and returns the twin's result.
+
+Shape letters are those of :mod:`minisynth.layers`; ``P`` is the number of
+elements of one parameter array.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import jit, prange
+from numba.core.errors import NumbaError
+
+from . import backend, layers, optim
+from ._validate import check_float_array, check_int_array, check_positive_int, check_shape
+from .layers import (
+    GELU_CUBIC,
+    GELU_SCALE,
+    LAYERNORM_EPS,
+    CrossEntropyCache,
+    GeluCache,
+    LayerNormCache,
+)
+
+__all__ = [
+    "layernorm_forward",
+    "layernorm_backward",
+    "gelu_forward",
+    "gelu_backward",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "cross_entropy_forward_backward",
+    "embedding_backward",
+    "adamw_update",
+    "attention_core_forward",
+    "attention_core_backward",
+]
+
+# ------------------------------------------------------------------- jit options
+# The one place for jit options. fastmath flags, spelled out because
+# fastmath=True would add nnan/ninf, under which LLVM may assume no -inf exists
+# and break masked logits:
+#   nsz      ignore the sign of zero          arcp   x / y may become x * (1 / y)
+#   contract a * b + c may fuse into an FMA   afn    approximate libm functions allowed
+#   reassoc  any float expression may be regrouped: lets LLVM vectorise row sums,
+#            but also regroups products, so intermediates must stay far from
+#            overflow even when regrouped (see the GELU clamp)
+FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}  # a set: Numba rejects frozenset
+# error_model="numpy": x / 0 gives inf/nan as in NumPy instead of a Python
+# ZeroDivisionError, which also keeps the division checks out of inner loops.
+JIT_OPTS = dict(nopython=True, cache=True, error_model="numpy", fastmath=FASTMATH_FLAGS)
+# parallel=True does not pay on the 2-core target, so no kernel uses it (measured
+# by benchmarks/bench_kernels.py, which compiles the same functions with these
+# options): alone, 2 threads are up to 2x faster, but in a training step each
+# kernel follows a BLAS matmul whose OpenBLAS worker keeps spinning on the other
+# core, and a Numba parallel region then waits for a time slice (several ms).
+# The row loops still use prange (serial under JIT_OPTS) and are written so that
+# switching them to these options is safe.
+PARALLEL_JIT_OPTS = dict(JIT_OPTS, parallel=True)
+
+# Rows per block of the dg/db partial sums (layer norm backward). Fixed, not
+# tied to the thread count, so the summation order (and the result) is too.
+ROW_BLOCK = 64
+
+
+# ---------------------------------------------------------------------- helpers
+def _falls_back_to(reference):
+    """Decorate a kernel wrapper: if Numba fails to compile, warn once and use ``reference``.
+
+    Compilation happens on the first call for each dtype, so a broken Numba /
+    LLVM shows up here as a ``NumbaError``. The wrapper reports it to
+    :func:`minisynth.backend.disable_numba` (one RuntimeWarning for the process,
+    the backend becomes "numpy") and from then on every kernel simply calls its
+    twin. Input-check errors (TypeError / ValueError) are not NumbaErrors and
+    propagate unchanged. ``functools.wraps`` keeps the kernel's name, docstring
+    and signature.
+    """
+
+    def decorate(kernel):
+        @functools.wraps(kernel)
+        def wrapper(*args, **kwargs):
+            if backend.numba_problem() is None:
+                try:
+                    return kernel(*args, **kwargs)
+                except NumbaError as err:
+                    first_line = str(err).strip().split("\n", 1)[0]  # Numba errors are long
+                    backend.disable_numba(
+                        f"the Numba kernel {kernel.__name__} failed to compile "
+                        f"({type(err).__name__}: {first_line})"
+                    )
+            return reference(*args, **kwargs)
+
+        wrapper.reference = reference  # the NumPy twin, for tests and benchmarks
+        return wrapper
+
+    return decorate
+
+
+def _rows(a, C):
+    """View ``a`` (..., C) as a C-contiguous (N, C) array; copies only if ``a`` is strided."""
+    N = math.prod(a.shape[:-1])  # explicit N: reshape(-1, C) fails when C == 0
+    return np.ascontiguousarray(a.reshape(N, C))  # (N, C)
+
+
+def _flat(a):
+    """View ``a`` (...) as a C-contiguous 1-D array; copies only if ``a`` is strided."""
+    return np.ascontiguousarray(a.reshape(-1))  # (size,)
+
+
+def _like_twin(out, shape):
+    """Give ``out`` the twin's shape; a 0-d result becomes a NumPy scalar, as NumPy returns."""
+    out = out.reshape(shape)  # (...)
+    return out[()] if out.ndim == 0 else out
+
+
+# ------------------------------------------------------------------- layer norm
+@jit(**JIT_OPTS)
+def _layernorm_forward_rows(x, g, b, eps):
+    """Layer norm of each row: returns out (N, C), xhat (N, C), rstd (N,)."""
+    N, C = x.shape
+    out = np.empty_like(x)  # (N, C)
+    xhat = np.empty_like(x)  # (N, C)
+    rstd = np.empty(N, dtype=x.dtype)  # (N,)
+    for i in prange(N):  # each iteration writes row i only
+        s = 0.0  # float64 accumulator
+        for j in range(C):
+            s += x[i, j]
+        mean = s / C
+        ss = 0.0
+        for j in range(C):
+            d = x[i, j] - mean  # two passes (centre, then square), as the twin
+            ss += d * d
+        rstd[i] = 1.0 / np.sqrt(ss / C + eps)  # rounded to the dtype on store
+        mu = x.dtype.type(mean)  # the row statistics in the dtype, so the
+        r = rstd[i]  # elementwise loop below stays in the dtype
+        for j in range(C):
+            xh = (x[i, j] - mu) * r
+            xhat[i, j] = xh
+            out[i, j] = xh * g[j] + b[j]
+    return out, xhat, rstd
+
+
+@jit(**JIT_OPTS)
+def _layernorm_backward_rows(dout, xhat, rstd, g):
+    """Layer norm backward on rows: returns dx (N, C), dg (C,), db (C,)."""
+    N, C = dout.shape
+    dx = np.empty_like(dout)  # (N, C)
+    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    dg_part = np.empty((n_blocks, C), dtype=np.float64)  # (n_blocks, C) one row per block
+    db_part = np.empty((n_blocks, C), dtype=np.float64)  # (n_blocks, C)
+    for k in prange(n_blocks):  # each iteration writes rows k*ROW_BLOCK.. of dx, row k of parts
+        dg_acc = np.zeros(C)  # (C,) private to this block
+        db_acc = np.zeros(C)  # (C,)
+        for i in range(k * ROW_BLOCK, min(N, (k + 1) * ROW_BLOCK)):
+            # out = xhat * g + b
+            s1 = 0.0  # sum_j dxhat_j, float64
+            s2 = 0.0  # sum_j dxhat_j * xhat_j, float64
+            for j in range(C):
+                dxh = dout[i, j] * g[j]
+                s1 += dxh
+                s2 += dxh * xhat[i, j]
+                dg_acc[j] += dout[i, j] * xhat[i, j]
+                db_acc[j] += dout[i, j]
+            # xhat = (x - mean) * rstd:  dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+            m1 = dout.dtype.type(s1 / C)
+            m2 = dout.dtype.type(s2 / C)
+            r = rstd[i]
+            for j in range(C):
+                dx[i, j] = r * (dout[i, j] * g[j] - m1 - xhat[i, j] * m2)
+        dg_part[k] = dg_acc
+        db_part[k] = db_acc
+    dg = np.empty(C, dtype=dout.dtype)  # (C,)
+    db = np.empty(C, dtype=dout.dtype)  # (C,)
+    for j in range(C):  # serial, in block order: deterministic
+        sg = 0.0
+        sb = 0.0
+        for k in range(n_blocks):
+            sg += dg_part[k, j]
+            sb += db_part[k, j]
+        dg[j] = sg
+        db[j] = sb
+    return dx, dg, db
+
+
+@_falls_back_to(layers.layernorm_forward)
+def layernorm_forward(x, g, b, eps=LAYERNORM_EPS):
+    """out = (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance).
+
+    Twin of :func:`minisynth.layers.layernorm_forward`; returns ``(out, LayerNormCache)``.
+    """
+    check_float_array("g", g, ndim=1)
+    check_float_array("x", x, min_ndim=1, dtype=g.dtype)
+    check_float_array("b", b, ndim=1, dtype=g.dtype)
+    C = g.shape[0]
+    check_shape("b", b, (C,))
+    if x.shape[-1] != C:
+        raise ValueError(f"x has last dimension {x.shape[-1]} but the gain has length {C}")
+    out, xhat, rstd = _layernorm_forward_rows(
+        _rows(x, C), np.ascontiguousarray(g), np.ascontiguousarray(b), float(eps)
+    )  # (N, C), (N, C), (N,)
+    cache = LayerNormCache(
+        xhat.reshape(x.shape),  # (..., C)
+        rstd.reshape(x.shape[:-1] + (1,)),  # (..., 1)
+        g,  # (C,) the caller's array, as the twin stores it
+    )
+    return out.reshape(x.shape), cache  # (..., C)
+
+
+@_falls_back_to(layers.layernorm_backward)
+def layernorm_backward(dout, cache):
+    """Returns (dx, dg, db). Twin of :func:`minisynth.layers.layernorm_backward`."""
+    xhat, rstd, g = cache
+    check_float_array("dout", dout, dtype=g.dtype)
+    check_shape("dout", dout, xhat.shape)
+    C = g.shape[0]
+    dx, dg, db = _layernorm_backward_rows(
+        _rows(dout, C), _rows(xhat, C), _flat(rstd), np.ascontiguousarray(g)
+    )  # (N, C), (C,), (C,)
+    return dx.reshape(dout.shape), dg, db  # (..., C), (C,), (C,)
+
+
+# ------------------------------------------------------------------------- GELU
+# GELU via a sigmoid: 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)) = s, and
+# 0.5 (1 - tanh(u)^2) = 2 s (1 - s) = 2 e s^2 with e = exp(-2u). The same function
+# as the twin with one exp instead of a tanh, and no cancellation in 1 + tanh(u)
+# or 1 - tanh(u)^2. The exp runs as NumPy's SIMD ufunc between two jitted passes
+# (see "exp" in the module docstring).
+# Below u_min, tanh(u) rounds to exactly -1 in the dtype, so the twin's 1 + t is 0:
+# there s = 0 too (same result, sign of zero included), and u is clamped so that
+# exp(-2u) stays small (e s s could otherwise overflow in a reassociated product).
+
+
+def _gelu_u_min(dtype):
+    """u below which tanh(u) == -1 in ``dtype``: 1 + tanh(u) ~ 2 exp(2u) < eps / 8."""
+    return dtype.type(0.5 * math.log(np.finfo(dtype).eps / 16.0))
+
+
+@jit(**JIT_OPTS)
+def _gelu_exp_arg(x, u_min):
+    """First pass: -2u of each element (u clamped at u_min), to be exp'ed in place: (size,)."""
+    arg = np.empty_like(x)  # (size,)
+    # constants in the dtype: a float64 constant would promote float32 math to float64
+    scale = x.dtype.type(GELU_SCALE)
+    cubic = x.dtype.type(GELU_CUBIC)
+    minus_two = x.dtype.type(-2.0)
+    for i in prange(x.shape[0]):  # each iteration writes element i only
+        xi = x[i]
+        u = scale * (xi + cubic * (xi * xi * xi))
+        if u < u_min:  # a comparison, not max(): NaN propagates
+            u = u_min
+        arg[i] = minus_two * u
+    return arg
+
+
+@jit(**JIT_OPTS)
+def _gelu_forward_finish(x, e, u_min):
+    """Second pass: out = x s with s = 1 / (1 + e); overwrites ``e`` (size,) with out."""
+    scale = x.dtype.type(GELU_SCALE)
+    cubic = x.dtype.type(GELU_CUBIC)
+    one = x.dtype.type(1.0)
+    zero = x.dtype.type(0.0)
+    for i in prange(x.shape[0]):
+        xi = x[i]
+        u = scale * (xi + cubic * (xi * xi * xi))  # recomputed: cheaper than storing a flag
+        s = one / (one + e[i])  # 0.5 (1 + tanh(u))
+        if u < u_min:
+            s = zero
+        e[i] = xi * s  # out = 0.5 x (1 + tanh(u))
+    return e
+
+
+@jit(**JIT_OPTS)
+def _gelu_backward_finish(dout, x, e, u_min):
+    """Second pass of the backward: overwrites ``e`` (size,) with dx."""
+    scale = x.dtype.type(GELU_SCALE)
+    cubic = x.dtype.type(GELU_CUBIC)
+    cubic3 = x.dtype.type(3.0 * GELU_CUBIC)
+    one = x.dtype.type(1.0)
+    two = x.dtype.type(2.0)
+    zero = x.dtype.type(0.0)
+    for i in prange(x.shape[0]):
+        xi = x[i]
+        u = scale * (xi + cubic * (xi * xi * xi))
+        s = one / (one + e[i])  # 0.5 (1 + t)
+        es = e[i] * s  # 1 - s
+        if u < u_min:
+            s = zero
+            es = zero
+        # out = 0.5 x (1 + t),  dt/dx = (1 - t^2) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2)
+        dudx = scale * (one + cubic3 * (xi * xi))
+        e[i] = dout[i] * (s + two * xi * (es * s) * dudx)  # 0.5 x (1 - t^2) = 2 x e s^2
+    return e
+
+
+@_falls_back_to(layers.gelu_forward)
+def gelu_forward(x):
+    """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    Twin of :func:`minisynth.layers.gelu_forward`; returns ``(out, GeluCache)``.
+    """
+    check_float_array("x", x)
+    xf = _flat(x)  # (size,)
+    u_min = _gelu_u_min(x.dtype)
+    e = _gelu_exp_arg(xf, u_min)  # (size,) -2u
+    np.exp(e, out=e)  # (size,) exp(-2u), SIMD
+    out = _gelu_forward_finish(xf, e, u_min)  # (size,) the same buffer
+    return _like_twin(out, x.shape), GeluCache(x)  # (...)
+
+
+@_falls_back_to(layers.gelu_backward)
+def gelu_backward(dout, cache):
+    """Returns dx. Twin of :func:`minisynth.layers.gelu_backward`."""
+    (x,) = cache
+    check_float_array("dout", dout, dtype=x.dtype)
+    check_shape("dout", dout, x.shape)
+    xf = _flat(x)  # (size,)
+    u_min = _gelu_u_min(x.dtype)
+    e = _gelu_exp_arg(xf, u_min)  # (size,) a fresh buffer: dout and the cache stay untouched
+    np.exp(e, out=e)  # (size,)
+    dx = _gelu_backward_finish(_flat(dout), xf, e, u_min)  # (size,) the same buffer
+    return _like_twin(dx, x.shape)  # (...)
+
+
+# ---------------------------------------------------------------- cross-entropy
+@jit(**JIT_OPTS)
+def _softmax_shift(z, t):
+    """First pass: z - rowmax into a new (N, V) buffer (exp'ed in place next), and
+    the shifted target logit z[t] - rowmax of each row (N,)."""
+    N, V = z.shape
+    shifted = np.empty_like(z)  # (N, V)
+    zt = np.empty(N, dtype=z.dtype)  # (N,)
+    for i in prange(N):  # each iteration writes row i only
+        zmax = z[i, 0]
+        for j in range(1, V):
+            zmax = max(zmax, z[i, j])  # finite unless the whole row is -inf
+        for j in range(V):
+            shifted[i, j] = z[i, j] - zmax  # -inf stays -inf: exp gives 0
+        zt[i] = z[i, t[i]] - zmax
+    return shifted, zt
+
+
+@jit(**JIT_OPTS)
+def _softmax_normalise(e, zt, t, scale, subtract_target):
+    """Second pass, in place on e (N, V) = exp(z - rowmax).
+
+    Makes e the probabilities times ``scale`` (pass 1 for plain probs, exact),
+    minus ``scale`` at the target if ``subtract_target`` (then e = dlogits).
+    Returns the per-row losses -log p[t] = logsumexp - z[t] (N,) in float64.
+    """
+    N, V = e.shape
+    losses = np.empty(N)  # (N,) float64, averaged by the caller
+    one = e.dtype.type(1.0)
+    for i in prange(N):  # each iteration writes row i only
+        s = 0.0  # float64 accumulator
+        for j in range(V):
+            s += e[i, j]
+        inv = e.dtype.type(1.0 / s)
+        p_t = e[i, t[i]] * inv  # read before the row is overwritten
+        for j in range(V):
+            e[i, j] = (e[i, j] * inv) * scale  # p = exp(z - max) / sum
+        if subtract_target:
+            e[i, t[i]] = (p_t - one) * scale  # loss = -mean log p[t]: (p - onehot) dloss / N
+        losses[i] = np.log(s) - zt[i]
+    return losses
+
+
+@jit(**JIT_OPTS)
+def _cross_entropy_backward_rows(probs, t, scale):
+    """dlogits = (probs - onehot(t)) * scale for each row: returns dlogits (N, V)."""
+    N, V = probs.shape
+    dlogits = np.empty_like(probs)  # (N, V)
+    one = probs.dtype.type(1.0)
+    for i in prange(N):  # each iteration writes row i only
+        for j in range(V):
+            dlogits[i, j] = probs[i, j] * scale
+        dlogits[i, t[i]] = (probs[i, t[i]] - one) * scale
+    return dlogits
+
+
+def _check_cross_entropy_inputs(logits, targets):
+    """The twin's checks of cross_entropy_forward; returns V."""
+    check_float_array("logits", logits, min_ndim=1)
+    V = logits.shape[-1]
+    check_int_array("targets", targets, upper=V)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
+            f"got {targets.shape}"
+        )
+    return V
+
+
+def _softmax_rows(logits, targets, V, scale, subtract_target):
+    """The three passes shared by the forward and the fused kernel: (N, V) buffer, losses (N,)."""
+    t = _flat(targets).astype(np.intp, copy=False)  # (N,) one integer type: one compilation
+    e, zt = _softmax_shift(_rows(logits, V), t)  # (N, V) z - max, (N,) z[t] - max
+    np.exp(e, out=e)  # (N, V) SIMD exp, in place
+    losses = _softmax_normalise(e, zt, t, scale, subtract_target)  # (N,) e is now probs/dlogits
+    return e, losses
+
+
+def _mean_loss(losses, dtype):
+    """Mean of the float64 per-row losses, as a NumPy scalar of ``dtype`` (the twin's type)."""
+    return dtype.type(losses.sum() / losses.shape[0])
+
+
+@_falls_back_to(layers.cross_entropy_forward)
+def cross_entropy_forward(logits, targets):
+    """Mean over all positions of -log softmax(logits)[target]. logits (..., V), targets (...).
+
+    Twin of :func:`minisynth.layers.cross_entropy_forward`; returns
+    ``(loss, CrossEntropyCache)`` with ``loss`` a NumPy scalar of the logits' dtype.
+    """
+    V = _check_cross_entropy_inputs(logits, targets)
+    one = logits.dtype.type(1.0)
+    probs, losses = _softmax_rows(logits, targets, V, one, False)  # (N, V), (N,)
+    t = targets.reshape(-1)  # (N,) the caller's ids, as the twin caches them
+    return _mean_loss(losses, logits.dtype), CrossEntropyCache(probs, t, logits.shape)
+
+
+@_falls_back_to(layers.cross_entropy_backward)
+def cross_entropy_backward(dloss, cache):
+    """Returns dlogits (..., V). Twin of :func:`minisynth.layers.cross_entropy_backward`.
+
+    Beyond the twin's checks, the cached targets are bounds-checked: NumPy
+    indexing would raise on a bad target, compiled code would read out of bounds.
+    """
+    probs, t, shape = cache
+    dloss = float(dloss)
+    N = t.size
+    V = probs.shape[-1]
+    check_int_array("cache.targets", t, upper=V)
+    check_shape("cache.probs", probs, (N, V))
+    scale = probs.dtype.type(dloss / N)  # rounded to the dtype first, as the twin's `*=`
+    dlogits = _cross_entropy_backward_rows(
+        np.ascontiguousarray(probs), _flat(t).astype(np.intp, copy=False), scale
+    )  # (N, V)
+    return dlogits.reshape(shape)  # (..., V)
+
+
+def _cross_entropy_forward_backward_reference(logits, targets, dloss=1.0):
+    """The NumPy composition the fused kernel must equal (its fallback)."""
+    loss, cache = layers.cross_entropy_forward(logits, targets)
+    return loss, layers.cross_entropy_backward(dloss, cache)
+
+
+@_falls_back_to(_cross_entropy_forward_backward_reference)
+def cross_entropy_forward_backward(logits, targets, dloss=1.0):
+    """Fused loss and gradient: returns ``(loss, dlogits)`` with dlogits (..., V).
+
+    Equals ``cross_entropy_forward`` followed by ``cross_entropy_backward(dloss, cache)``
+    but writes dlogits straight into the probabilities' buffer: no cache, no copy.
+    Kernel only: on the NumPy path, compose the two twins.
+    """
+    V = _check_cross_entropy_inputs(logits, targets)
+    dloss = float(dloss)
+    scale = logits.dtype.type(dloss / targets.size)  # rounded to the dtype, as the twin
+    dlogits, losses = _softmax_rows(logits, targets, V, scale, True)  # (N, V), (N,)
+    return _mean_loss(losses, logits.dtype), dlogits.reshape(logits.shape)  # (..., V)
+
+
+# -------------------------------------------------------------------- embedding
+@jit(**JIT_OPTS)
+def _embedding_backward_rows(dout, idx, V):
+    """Scatter-add dW[idx[n]] += dout[n] over the rows in order: returns dW (V, C).
+
+    Serial on purpose: rows with the same id would race under a prange over
+    rows. Per element the additions happen in row order, as ``np.add.at`` does,
+    so the result is bit-identical to the twin's. (Parallelising over column
+    blocks avoids the race but was 8x slower on one thread and 4x slower on two
+    than this loop, whose inner loop over C is contiguous and vectorised.)
+    """
+    N, C = dout.shape
+    dW = np.zeros((V, C), dtype=dout.dtype)  # (V, C) ids that never occur keep 0
+    for n in range(N):
+        row = idx[n]
+        for c in range(C):
+            dW[row, c] += dout[n, c]
+    return dW
+
+
+@_falls_back_to(layers.embedding_backward)
+def embedding_backward(dout, cache):
+    """Returns dW (V, C): a scatter-add, so repeated ids accumulate their gradients.
+
+    Twin of :func:`minisynth.layers.embedding_backward`. Beyond the twin's
+    checks, the cached ids are bounds-checked: compiled code would write out of bounds.
+    """
+    idx, V = cache
+    check_float_array("dout", dout)
+    check_shape("dout", dout, idx.shape + (None,))
+    C = dout.shape[-1]
+    check_int_array("cache.idx", idx, upper=V)
+    dW = _embedding_backward_rows(
+        _rows(dout, C), _flat(idx).astype(np.intp, copy=False), V
+    )  # (V, C)
+    return dW
+
+
+# ------------------------------------------------------------------------ AdamW
+@jit(**JIT_OPTS)
+def _adamw_flat(p, g, m, v, decay, beta1, one_m_beta1, beta2, one_m_beta2, bias2_sqrt, eps, step):
+    """One AdamW step on flat arrays, in place; the scalars arrive in the arrays' dtype.
+
+    Same operation order as the twin (decay, moments, sqrt(v) / sqrt(bias2) + eps,
+    step), so float32 results differ from it only by FMA contraction.
+    """
+    for i in prange(p.shape[0]):  # each iteration writes element i of p, m, v only
+        gi = g[i]
+        mi = beta1 * m[i] + one_m_beta1 * gi  # m = beta1 m + (1 - beta1) g
+        vi = beta2 * v[i] + one_m_beta2 * (gi * gi)  # v = beta2 v + (1 - beta2) g^2
+        denom = np.sqrt(vi) / bias2_sqrt + eps  # sqrt(v_hat) + eps
+        p[i] = p[i] * decay - step * (mi / denom)  # decoupled decay, then the Adam step
+        m[i] = mi
+        v[i] = vi
+
+
+@_falls_back_to(optim.adamw_update)
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """One AdamW step for one array: updates ``p``, ``m`` and ``v`` in place; returns None.
+
+    Twin of :func:`minisynth.optim.adamw_update` (torch.optim.AdamW semantics, see
+    :mod:`minisynth.optim`), with the same checks. Strided arrays work: they are
+    updated through contiguous copies that are written back.
+    """
+    check_float_array("p", p)
+    for name, arr in (("g", g), ("m", m), ("v", v)):
+        check_float_array(name, arr, dtype=p.dtype)
+        if arr.shape != p.shape:
+            raise ValueError(f"{name} has shape {arr.shape} but p has shape {p.shape}")
+    for name, arr in (("p", p), ("m", m), ("v", v)):
+        if not arr.flags.writeable:
+            raise ValueError(f"{name} is read-only but is updated in place")
+    lr, beta1, beta2, eps, weight_decay = optim._check_hparams(lr, beta1, beta2, eps, weight_decay)
+    t = check_positive_int("t", t)
+
+    dt = p.dtype.type  # every scalar rounded to the dtype once, as NumPy does for the twin
+    decay = 1.0 - lr * weight_decay  # 1.0 when weight_decay == 0: the twin skips the multiply
+    scalars = (
+        dt(decay), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+        dt(math.sqrt(1.0 - beta2**t)), dt(eps), dt(lr / (1.0 - beta1**t)),
+    )  # fmt: skip
+    in_place = all(a.flags.c_contiguous for a in (p, m, v))
+    pf, mf, vf = (_flat(a) for a in (p, m, v))  # (P,) views when contiguous, else copies
+    _adamw_flat(pf, _flat(g), mf, vf, *scalars)
+    if not in_place:  # strided arrays: the kernel updated copies, write them back
+        for a, af in ((p, pf), (m, mf), (v, vf)):
+            a[...] = af.reshape(a.shape)  # (...)
+
+
+# ------------------------------------------------------------- attention core
+# probs = softmax(mask(S)); o = probs @ v per (batch, head), reading shared (H,T,T)
+# logits directly, so they are never materialised B times. Causal rows stop at
+# j = i: the masked half of every row is neither read nor multiplied. The backward
+# is fused: one pass per row forms dP, the row dot product, dS and the dv update.
+
+
+@jit(**JIT_OPTS)
+def _attention_shift_rows(S, shared, causal, z):
+    B, H, T, _ = z.shape
+    for bh in prange(B * H):  # each iteration writes z[b, h] only
+        b = bh // H
+        h = bh % H
+        sb = 0 if shared else b
+        for i in range(T):
+            end = i + 1 if causal else T
+            m = -np.inf
+            for j in range(end):
+                m = max(m, S[sb, h, i, j])
+            for j in range(end):
+                z[b, h, i, j] = S[sb, h, i, j] - m
+            for j in range(end, T):
+                z[b, h, i, j] = -np.inf  # exp(-inf) = 0: the causal mask
+
+
+@jit(**JIT_OPTS)
+def _attention_normalise_rows(v, causal, probs, o):
+    B, H, T, hs = v.shape
+    for bh in prange(B * H):  # each iteration writes probs[b, h] and o[b, h] only
+        b = bh // H
+        h = bh % H
+        for i in range(T):
+            end = i + 1 if causal else T
+            total = 0.0
+            for j in range(end):
+                total += probs[b, h, i, j]
+            inv = 1.0 / total
+            for c in range(hs):
+                o[b, h, i, c] = 0.0
+            for j in range(end):
+                p = probs[b, h, i, j] * inv
+                probs[b, h, i, j] = p
+                for c in range(hs):
+                    o[b, h, i, c] += p * v[b, h, j, c]
+
+
+@_falls_back_to(layers.attention_core_forward)
+def attention_core_forward(S, v, causal):
+    """Fused twin of :func:`minisynth.layers.attention_core_forward`."""
+    check_float_array("v", v, ndim=4)
+    B, H, T, hs = v.shape
+    check_float_array("S", S, dtype=v.dtype)
+    shared = S.ndim == 3
+    check_shape("S", S, (H, T, T) if shared else (B, H, T, T))
+    S4 = np.ascontiguousarray(S).reshape((1,) + S.shape if shared else S.shape)  # (1|B,H,T,T)
+    probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
+    o = np.empty((B, H, T, hs), dtype=v.dtype)  # (B,H,T,hs)
+    # three passes over one buffer: shifted logits, NumPy's SIMD exp in place (see
+    # the module docstring), then normalise and weight the values
+    _attention_shift_rows(S4, shared, bool(causal), probs)
+    np.exp(probs, out=probs)
+    _attention_normalise_rows(np.ascontiguousarray(v), bool(causal), probs, o)
+    return o, probs
+
+
+@jit(**JIT_OPTS)
+def _attention_backward_heads(do, probs, v, dS, dv, dprow):
+    B, H, T, hs = v.shape
+    for bh in prange(B * H):  # each iteration writes dS[b, h] and dv[b, h] only
+        b = bh // H
+        h = bh % H
+        for j in range(T):
+            for c in range(hs):
+                dv[b, h, j, c] = 0.0
+        for i in range(T):
+            # rows are causal or full; probs are exactly 0 where masked, so the
+            # last nonzero column bounds the work without knowing the mask
+            end = T
+            while end > 1 and probs[b, h, i, end - 1] == 0.0:
+                end -= 1
+            # o[i] = sum_j P[i,j] v[j]:  dP[i,j] = do[i] . v[j],  dv[j] += P[i,j] do[i]
+            dot = 0.0
+            for j in range(end):
+                acc = 0.0
+                p = probs[b, h, i, j]
+                for c in range(hs):
+                    acc += do[b, h, i, c] * v[b, h, j, c]
+                    dv[b, h, j, c] += p * do[b, h, i, c]
+                dprow[bh, j] = acc
+                dot += p * acc
+            # P = softmax(S):  dS[i,j] = P[i,j] (dP[i,j] - sum_k P[i,k] dP[i,k])
+            for j in range(end):
+                dS[b, h, i, j] = probs[b, h, i, j] * (dprow[bh, j] - dot)
+            for j in range(end, T):
+                dS[b, h, i, j] = 0.0
+
+
+@_falls_back_to(layers.attention_core_backward)
+def attention_core_backward(do, probs, v, shared):
+    """Fused twin of :func:`minisynth.layers.attention_core_backward`."""
+    check_float_array("v", v, ndim=4)
+    check_float_array("do", do, dtype=v.dtype)
+    check_float_array("probs", probs, dtype=v.dtype)
+    B, H, T, hs = v.shape
+    check_shape("do", do, v.shape)
+    check_shape("probs", probs, (B, H, T, T))
+    dS = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
+    dv = np.empty((B, H, T, hs), dtype=v.dtype)  # (B,H,T,hs)
+    dprow = np.empty((B * H, T), dtype=v.dtype)  # (B*H,T) scratch row per (b, h)
+    _attention_backward_heads(
+        np.ascontiguousarray(do),
+        np.ascontiguousarray(probs),
+        np.ascontiguousarray(v),
+        dS,
+        dv,
+        dprow,
+    )
+    if shared:
+        dS = dS.sum(axis=0)  # (H,T,T) the same S served every batch element
+    return dS, dv
