@@ -141,6 +141,69 @@ def cmd_data_fetch(args):
     return 0
 
 
+def _viz_input(args, checkpoints):
+    """The input bytes of plot/compare: --text, or the start of a data split."""
+    from .data import load_data
+    from .viz import encode_text
+
+    if args.text is not None:
+        if args.length is not None:
+            raise ValueError("--length applies to --from-split only; shorten the --text instead")
+        return encode_text(args.text), "--text"
+    split = args.from_split or "val"
+    length = args.length
+    if length is None:  # the longest input every model can take whole
+        from .viz import load_model
+
+        length = min(load_model(c)[0].config.max_len for c in checkpoints)
+    splits, description = load_data(args.data)
+    tokens = splits[split][:length].astype("int64")
+    if tokens.size == 0:
+        raise ValueError(f"the {split} split of {description} is empty")
+    return tokens, f"first {tokens.size} bytes of the {split} split of {description}"
+
+
+def cmd_plot(args):
+    from .viz import plot_checkpoint
+
+    tokens, source = _viz_input(args, [args.checkpoint])
+    out = args.out
+    if out is None:  # next to the run's checkpoint and metrics
+        from pathlib import Path
+
+        ckpt = Path(args.checkpoint)
+        out = (ckpt if ckpt.is_dir() else ckpt.parent) / "plots"
+    plot_checkpoint(
+        args.checkpoint, tokens, out, fmt=args.format or "png", source=source, scale=args.scale
+    )
+    return 0
+
+
+def cmd_compare(args):
+    from .viz import compare_checkpoints
+
+    if len(args.checkpoints) < 2:
+        raise ValueError("compare needs at least two checkpoints (use `minisynth plot` for one)")
+    tokens, source = _viz_input(args, args.checkpoints)
+    compare_checkpoints(
+        args.checkpoints,
+        tokens,
+        args.out,
+        layer=args.layer,
+        fmt=args.format or "png",
+        source=source,
+        scale=args.scale,
+    )
+    return 0
+
+
+def cmd_curves(args):
+    from .viz import curves_for_runs
+
+    curves_for_runs(args.runs, args.out, fmt=args.format)
+    return 0
+
+
 # -------------------------------------------------------------------------- parser
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -217,6 +280,56 @@ def build_parser():
     fe.add_argument("--url", default=None, help="mirror URL of enwik8.zip (checksums still apply)")
     fe.add_argument("--quiet", action="store_true")
     fe.set_defaults(handler=cmd_data_fetch)
+
+    def viz_input_args(p):
+        src = p.add_mutually_exclusive_group()
+        src.add_argument("--text", help="input text (encoded as UTF-8 bytes)")
+        src.add_argument(
+            "--from-split",
+            choices=("train", "val", "test"),
+            help="take the input from the start of this split of --data (the default: val)",
+        )
+        p.add_argument(
+            "--length",
+            type=_positive_int,
+            default=None,
+            help="bytes taken with --from-split (default: the model's max_len)",
+        )
+        p.add_argument("--data", default="bundled", help="data for --from-split (default: bundled)")
+        p.add_argument("--format", choices=("png", "svg", "pdf"), default=None, help="default png")
+        p.add_argument(
+            "--scale",
+            choices=("sqrt", "linear"),
+            default="sqrt",
+            help="colour scale of the maps; sqrt shows spread-out attention (default: sqrt)",
+        )
+
+    pl = sub.add_parser("plot", help="draw every layer and head's attention on one input")
+    pl.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    viz_input_args(pl)
+    pl.add_argument(
+        "--out", default=None, help="output directory (default: next to the checkpoint, plots/)"
+    )
+    pl.set_defaults(handler=cmd_plot)
+
+    co = sub.add_parser("compare", help="the same input through several models, side by side")
+    co.add_argument(
+        "checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run directories"
+    )
+    viz_input_args(co)
+    co.add_argument(
+        "--layer", type=int, default=None, help="layer to compare (default: each model's last)"
+    )
+    co.add_argument("--out", required=True, help="output directory")
+    co.set_defaults(handler=cmd_compare)
+
+    cu = sub.add_parser("curves", help="training loss and validation BPC of one or more runs")
+    cu.add_argument("runs", nargs="+", metavar="RUN", help="run directory or metrics.jsonl file")
+    cu.add_argument(
+        "--out", required=True, help="image file (.png/.svg/.pdf) or directory (gets curves.png)"
+    )
+    cu.add_argument("--format", choices=("png", "svg", "pdf"), default=None)
+    cu.set_defaults(handler=cmd_curves)
     return parser
 
 
