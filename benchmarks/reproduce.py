@@ -1,0 +1,340 @@
+"""A miniature reproduction of the Synthesizer paper's comparison on character-level enwik8.
+
+Trains every attention kind with the same model size, data, token budget and
+schedule over several seeds, then writes ``RESULTS.md`` (tables, figures and a
+discussion generated from the runs' own output files).
+
+    python benchmarks/reproduce.py                  # the whole sweep, then the report
+    python benchmarks/reproduce.py --report-only    # rebuild RESULTS.md from finished runs
+    python benchmarks/reproduce.py --data enwik8    # full enwik8 (after `minisynth data fetch`)
+
+The sweep is resumable: a finished run leaves ``result.json`` and is skipped; an
+interrupted run continues from its checkpoint (``minisynth train --resume``
+semantics, so its trajectory is the uninterrupted one). Run directories live in
+``--out`` (default ``results/``); checkpoints are not committed, the metrics,
+per-run results and figures are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from minisynth import ModelConfig, attention, viz
+from minisynth.checkpoint import load_checkpoint
+from minisynth.data import load_data
+from minisynth.train import TrainConfig, evaluate, train
+
+KINDS = [
+    "vanilla",
+    "dense",
+    "random",
+    "random_fixed",
+    "factorized_dense",
+    "factorized_random",
+    "random+vanilla",
+    "dense+vanilla",
+]
+SEEDS = [0, 1, 2]
+# The sweep's model and schedule: the default `minisynth train` model, with the
+# token budget cut so that 24 runs fit in about 90 minutes on 2 cores.
+MODEL = dict(d_model=128, n_heads=4, n_layers=2, max_len=128)
+SCHEDULE = dict(
+    batch_size=32,
+    steps=1000,
+    lr=3e-3,
+    min_lr=3e-4,
+    warmup_steps=100,
+    weight_decay=0.1,
+    grad_clip=1.0,
+    eval_interval=250,
+    log_interval=25,
+    sample_length=0,
+)
+# Paper, Table 3 (LM1B perplexity, lower is better) and its finding on fixed random attention.
+PAPER_LM1B = {
+    "dense+vanilla": 37.27,
+    "vanilla": 38.21,
+    "random+vanilla": 40.05,
+    "random": 40.60,
+    "dense": 40.88,
+}
+COMPARE_TEXT = "<title>The Synthesizer</title> attention without token-token interaction"
+
+
+def run_dir(out, kind, seed):
+    return out / "runs" / f"{kind.replace('+', '_plus_')}-seed{seed}"
+
+
+def run_one(out, kind, seed, data_spec, steps):
+    """Train (or resume, or skip) one run; returns its result dict."""
+    rdir = run_dir(out, kind, seed)
+    result_path = rdir / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    mc = ModelConfig(attention=kind, **MODEL)
+    tc = TrainConfig(data=data_spec, seed=seed, **{**SCHEDULE, "steps": steps})
+    resume = (rdir / "checkpoint.npz").exists()
+    elapsed_path = rdir / "elapsed.json"
+    before = json.loads(elapsed_path.read_text())["wall_time_s"] if elapsed_path.exists() else 0.0
+    print(f"== {kind} seed {seed}{' (resuming)' if resume else ''}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        res = train(mc, tc, rdir, resume=resume, progress=sys.stderr.isatty(), log=print)
+    finally:  # wall time survives interruptions
+        rdir.mkdir(parents=True, exist_ok=True)
+        elapsed_path.write_text(json.dumps({"wall_time_s": before + time.perf_counter() - t0}))
+    if res["interrupted"]:
+        raise KeyboardInterrupt
+    wall = json.loads(elapsed_path.read_text())["wall_time_s"]
+    model, _ = load_checkpoint(res["checkpoint"])
+    splits, description = load_data(data_spec)
+    result = {
+        "attention": kind,
+        "seed": seed,
+        "data": description,
+        "params": model.num_params(),
+        "attention_params_per_layer": attention.count_params(
+            kind, MODEL["d_model"], MODEL["n_heads"], MODEL["max_len"]
+        ),
+        "val_bpc": evaluate(model, splits["val"]),
+        "test_bpc": evaluate(model, splits["test"]),
+        "steps": steps,
+        "tokens": steps * SCHEDULE["batch_size"] * MODEL["max_len"],
+        "wall_time_s": wall,
+        "model_config": asdict(mc),
+        "train_config": asdict(tc),
+    }
+    result["tokens_per_s"] = result["tokens"] / wall
+    result_path.write_text(json.dumps(result, indent=1))
+    print(
+        f"   val BPC {result['val_bpc']:.4f}  test BPC {result['test_bpc']:.4f}  {wall:.0f} s",
+        flush=True,
+    )
+    return result
+
+
+# ------------------------------------------------------------------------ report
+def summarise(results):
+    """kind -> dict of means and standard deviations over seeds."""
+    table = {}
+    for kind in KINDS:
+        rs = [r for r in results if r["attention"] == kind]
+        if not rs:
+            continue
+        val = np.array([r["val_bpc"] for r in rs])
+        test = np.array([r["test_bpc"] for r in rs])
+        table[kind] = {
+            "n": len(rs),
+            "params": rs[0]["params"],
+            "attention_params": rs[0]["attention_params_per_layer"],
+            "val_mean": val.mean(),
+            "val_std": val.std(ddof=1) if len(rs) > 1 else float("nan"),
+            "test_mean": test.mean(),
+            "test_std": test.std(ddof=1) if len(rs) > 1 else float("nan"),
+            "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in rs])),
+            "wall_time_s": float(np.mean([r["wall_time_s"] for r in rs])),
+        }
+    return table
+
+
+def fmt(mean, std):
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
+
+
+def bpc_chart(table, path):
+    from matplotlib.figure import Figure
+
+    kinds = sorted(table, key=lambda k: table[k]["val_mean"])
+    fig = Figure(figsize=(8, 4), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(kinds))
+    for offset, split, colour in ((-0.2, "val", "tab:blue"), (0.2, "test", "tab:orange")):
+        ax.bar(
+            x + offset,
+            [table[k][f"{split}_mean"] for k in kinds],
+            width=0.4,
+            yerr=[np.nan_to_num(table[k][f"{split}_std"]) for k in kinds],
+            capsize=3,
+            label=f"{split} BPC",
+            color=colour,
+        )
+    lo = min(table[k]["val_mean"] for k in kinds)
+    hi = max(table[k]["test_mean"] for k in kinds)
+    ax.set_ylim(lo - 0.15, hi + 0.1)
+    ax.set_xticks(x, kinds, rotation=25, ha="right")
+    ax.set_ylabel("bits per character (lower is better)")
+    ax.set_title("BPC per attention kind (mean ± sd over seeds)")
+    ax.legend()
+    fig.savefig(path)
+    return path
+
+
+def agreement(table):
+    """Pairs of kinds the paper orders (LM1B) and whether the miniature agrees."""
+    kinds = [k for k in PAPER_LM1B if k in table]
+    rows = []
+    for i, a in enumerate(kinds):
+        for b in kinds[i + 1 :]:
+            paper_a_better = PAPER_LM1B[a] < PAPER_LM1B[b]
+            ours_a_better = table[a]["val_mean"] < table[b]["val_mean"]
+            gap = table[b]["val_mean"] - table[a]["val_mean"]
+            noise = np.nanmax([table[a]["val_std"], table[b]["val_std"], 0.0])
+            rows.append((a, b, paper_a_better == ours_a_better, gap, abs(gap) <= 2 * noise))
+    return rows
+
+
+def write_report(out, results, report, command):
+    table = summarise(results)
+    if not table:
+        raise SystemExit("no finished runs: nothing to report")
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    bpc_chart(table, fig_dir / "bpc.png")
+    seed0 = [run_dir(out, k, SEEDS[0]) for k in table if run_dir(out, k, SEEDS[0]).exists()]
+    viz.curves_for_runs([str(d) for d in seed0], str(fig_dir / "curves.png"))
+    maps = [str(d / "checkpoint.npz") for d in seed0 if (d / "checkpoint.npz").exists()]
+    if len(maps) >= 2:
+        viz.compare_checkpoints(maps, viz.encode_text(COMPARE_TEXT), fig_dir, log=lambda *a: None)
+
+    order = sorted(table, key=lambda k: table[k]["val_mean"])
+    lines = [
+        "# Miniature reproduction: Synthesizer variants on character-level enwik8",
+        "",
+        "Generated by `benchmarks/reproduce.py` from the runs' own output files "
+        f"(`{out}/runs/*/result.json`, `metrics.jsonl`); nothing here is typed in by hand.",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Data: {results[0]['data']}. Model: {json.dumps(MODEL)}, byte vocabulary (256), "
+        f"tied embeddings. Schedule: {json.dumps({**SCHEDULE, 'steps': results[0]['steps']})} "
+        f"(warmup + cosine, AdamW), {results[0]['tokens']:,} training tokens per run. "
+        f"Seeds: {sorted({r['seed'] for r in results})}.",
+        "",
+        "| attention | params (model) | attention params / layer | val BPC | test BPC "
+        "| train tokens/s | wall time / run |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k in order:
+        t = table[k]
+        lines.append(
+            f"| {k} | {t['params']:,} | {t['attention_params']:,} | "
+            f"{fmt(t['val_mean'], t['val_std'])} | {fmt(t['test_mean'], t['test_std'])} | "
+            f"{t['tokens_per_s']:,.0f} | {t['wall_time_s'] / 60:.1f} min |"
+        )
+    lines += [
+        "",
+        "BPC: mean ± sample standard deviation over seeds (n = "
+        + ", ".join(f"{k}: {t['n']}" for k, t in table.items())
+        + "). "
+        "Tokens/s include periodic validation.",
+        "",
+        "![BPC per kind](figures/bpc.png)",
+        "",
+        "Training curves (seed 0): ![curves](figures/curves.png)",
+        "",
+        "Attention maps of the last layer of each seed-0 model on the same text "
+        f"(`{COMPARE_TEXT}`): ![maps](figures/compare.png)",
+        "",
+        "## Discussion",
+        "",
+        "Ordering here (best first, by mean validation BPC): "
+        + " < ".join(f"{k} ({table[k]['val_mean']:.3f})" for k in order)
+        + ".",
+        "",
+        "The paper's language-modelling ordering (LM1B perplexity, Table 3): "
+        + " < ".join(f"{k} ({v})" for k, v in PAPER_LM1B.items())
+        + "; fixed random attention is clearly the worst in its translation experiments.",
+        "",
+        "Pairwise agreement with the paper's ordering (gap = BPC of the second minus the "
+        "first; 'within noise' = the gap is at most twice the larger seed standard deviation):",
+        "",
+        "| paper says better | than | miniature agrees | gap (BPC) | within noise |",
+        "|---|---|---|---:|---|",
+    ]
+    rows = agreement(table)
+    for a, b, agrees, gap, noisy in rows:
+        lines.append(
+            f"| {a} | {b} | {'yes' if agrees else 'no'} | {gap:+.3f} | {'yes' if noisy else 'no'} |"
+        )
+    n_agree = sum(r[2] for r in rows)
+    fixed_bpc = table.get("random_fixed", {}).get("val_mean", float("nan"))
+    worst = order[-1]
+    lines += [
+        "",
+        f"The miniature agrees with the paper on {n_agree} of {len(rows)} ordered pairs. "
+        f"The worst kind here is `{worst}`"
+        + (
+            " — as in the paper, fixed random attention is worst."
+            if worst == "random_fixed"
+            else f", not `random_fixed` ({fixed_bpc:.3f})."
+        ),
+        "",
+        f"Why the miniature may differ: these models are tiny ({MODEL['n_layers']} layers, "
+        f"d_model {MODEL['d_model']}) and short-trained ({results[0]['tokens']:,} tokens) "
+        f"with a context of {MODEL['max_len']} bytes, while the paper "
+        "trains large word-piece models on LM1B for hundreds of thousands of steps. At this "
+        "scale much of the loss is local (spelling, markup), which a fixed local pattern can "
+        "already model well, so the differences between attention kinds are small and of the "
+        "order of the seed noise; mixtures add parameters (their components' and alpha), "
+        "and the Dense synthesizer's per-position MLP sees only one token, so it cannot "
+        "resolve content-dependent alignments that dot-product attention can. Differences "
+        "that are within twice the seed standard deviation should not be read as orderings.",
+        "",
+    ]
+    text = "\n".join(lines)
+    rel = os.path.relpath(fig_dir, report.parent)
+    report.write_text(text.replace("](figures/", f"]({rel}/"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="bundled")
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--steps", type=int, default=SCHEDULE["steps"])
+    parser.add_argument("--report", default="RESULTS.md", help="where to write the report")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a seconds-long sweep of tiny models, to test this script",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:  # module-level settings, so every function sees the tiny sweep
+        MODEL.update(d_model=16, n_heads=2, n_layers=1, max_len=16)
+        SCHEDULE.update(batch_size=4, warmup_steps=2, eval_interval=3, log_interval=1)
+        args.steps = min(args.steps, 6)
+    out = Path(args.out)
+    command = "python benchmarks/reproduce.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"
+    )
+    results = []
+    for seed in args.seeds:  # seed-major: a partial sweep covers every kind early
+        for kind in args.kinds:
+            if args.report_only:
+                path = run_dir(out, kind, seed) / "result.json"
+                if path.exists():
+                    results.append(json.loads(path.read_text()))
+                continue
+            try:
+                results.append(run_one(out, kind, seed, args.data, args.steps))
+            except KeyboardInterrupt:
+                print("interrupted: rerun the same command to resume", file=sys.stderr)
+                return 130
+    write_report(out, results, Path(args.report), command)
+    print(f"wrote {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
