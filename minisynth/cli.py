@@ -129,7 +129,9 @@ def cmd_sample(args):
         top_k=args.top_k,
         seed=args.seed,
     )
-    sys.stdout.write(args.prompt + decode(tokens) + "\n")
+    # decode prompt and continuation together: a multi-byte character may straddle them,
+    # and non-UTF-8 prompt bytes (surrogate-escaped by argv) print as replacement characters
+    sys.stdout.write(decode(np.concatenate([prompt, tokens])) + "\n")
     return 0
 
 
