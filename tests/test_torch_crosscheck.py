@@ -1,0 +1,116 @@
+"""Cross-check against PyTorch autograd: an independent test of the hand-written backward.
+
+The finite-difference checks of test_model.py compare minisynth with itself;
+here the same weights are transplanted into ``benchmarks/torch_reference.py``
+(a PyTorch rebuild of the model) and losses, every gradient and one full
+optimizer step (clip + AdamW) must agree. Skipped when torch is not installed
+(it comes with the ``bench`` extra); minisynth itself never imports torch.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from minisynth import ModelConfig, SynthesizerLM, use_backend  # noqa: E402
+from minisynth.gradcheck import rel_error  # noqa: E402
+from minisynth.optim import AdamW, clip_grad_norm  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
+_spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
+torch_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(torch_reference)
+
+KINDS = [
+    "vanilla",
+    "dense",
+    "random",
+    "random_fixed",
+    "factorized_dense",
+    "factorized_random",
+    "dense+vanilla",
+    "random+vanilla",
+    "factorized_dense+random_fixed",
+    "factorized_random+dense",
+    "dense+random+vanilla",
+]
+ZERO_GRAD = 1e-12  # float64 gradients below this norm are rounding noise (loss ~ 2.4)
+V, B, T = 11, 3, 6  # T < max_len, so the unused rows/columns of wpe, R, W2 ... are exercised
+
+
+def tiny_model(kind, dtype, seed=1):
+    """A tiny model moved off its init (zero biases, unit gains, equal mixture weights)."""
+    config = ModelConfig(
+        vocab_size=V, d_model=8, n_heads=2, n_layers=2, max_len=8, attention=kind
+    )  # max_len 8 gives factorized_dense the factors (2, 4)
+    model = SynthesizerLM(config, seed=seed, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for p in list(model.params.values()) + list(model.buffers.values()):
+        p += rng.uniform(-0.3, 0.3, p.shape).astype(dtype)
+    idx = rng.integers(0, V, size=(B, T))
+    targets = rng.integers(0, V, size=(B, T))
+    return model, idx, targets
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small matrices: torch's thread pool only adds overhead (and noise) here."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_and_every_gradient_match_torch_autograd(kind, backend):
+    model, idx, targets = tiny_model(kind, np.float64)
+    tmodel = torch_reference.TorchSynthesizerLM.from_minisynth(model)
+    with use_backend(backend):
+        loss, grads = model.loss_and_grads(idx, targets)
+    t_loss, t_grads = tmodel.loss_and_grads(idx, targets)
+    assert loss == pytest.approx(t_loss, rel=1e-10)
+    assert set(grads) == set(t_grads)
+    for name, g in grads.items():
+        assert g.shape == t_grads[name].shape, name
+        if np.linalg.norm(t_grads[name]) < ZERO_GRAD:
+            # zero in exact arithmetic (the key bias shifts a whole softmax row): the
+            # relative error of two rounding noises means nothing, both must be negligible
+            assert np.linalg.norm(g) < ZERO_GRAD, f"{kind} [{backend}]: {name} is not ~0"
+            continue
+        err = rel_error(g, t_grads[name])
+        assert err < 1e-8, f"{kind} [{backend}]: gradient of {name}: relative error {err:.3e}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float32_loss_matches_torch(kind):
+    model, idx, targets = tiny_model(kind, np.float32)
+    tmodel = torch_reference.TorchSynthesizerLM.from_minisynth(model)
+    assert tmodel.p("wte").dtype == torch.float32
+    assert model.loss(idx, targets) == pytest.approx(tmodel.loss(idx, targets), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dense+vanilla", "random", "factorized_random"])
+def test_clip_and_adamw_steps_match_torch(kind):
+    """Three steps of loss, backward, clip and AdamW land on the same weights in both."""
+    model, idx, targets = tiny_model(kind, np.float64)
+    tmodel = torch_reference.TorchSynthesizerLM.from_minisynth(model)
+    opt = AdamW(model.params, lr=1e-2, weight_decay=0.1)
+    topt = torch_reference.adamw_like(tmodel, opt)
+    # the groups must be minisynth's: alpha, embeddings and 1-D arrays undecayed
+    decayed = {id(p) for p in topt.param_groups[0]["params"]}
+    for name, param in tmodel.contract_parameters():
+        assert (id(param) in decayed) == opt.decay[name], name
+    for step, max_norm in enumerate([0.05, 100.0, 0.05]):  # clipping both engaged and idle
+        lr = 1e-2 / (step + 1)
+        loss, grads = model.loss_and_grads(idx, targets)
+        clip_grad_norm(grads, max_norm)
+        opt.step(grads, lr=lr)
+        t_loss = torch_reference.train_step(tmodel, topt, idx, targets, lr=lr, max_norm=max_norm)
+        assert loss == pytest.approx(t_loss, rel=1e-10)
+    for name, value in tmodel.numpy_params().items():
+        err = rel_error(model.params[name], value)
+        assert err < 1e-10, f"{kind}: {name} after 3 steps: relative error {err:.3e}"
