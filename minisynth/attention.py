@@ -172,8 +172,11 @@ class Dense(_DenseHidden):
         hid, W2, hidden_cache = cache
         H, hs, T = W2.shape
         # S = hid @ W2[:, :, :T] + b2[:, :T]
+        B = dS.shape[0]
         dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
-        dW2[:, :, :T] = np.einsum("bhti,bhtj->hij", hid, dS)
+        # sum over (b, t) as one batched matmul per head: (hs, B*T) @ (B*T, T)
+        hid_h = hid.transpose(1, 3, 0, 2).reshape(H, hs, B * T)  # (H,hs,B*T)
+        dW2[:, :, :T] = hid_h @ dS.transpose(1, 0, 2, 3).reshape(H, B * T, T)
         db2 = np.zeros((H, self.L), dtype=dS.dtype)  # (H,L)
         db2[:, :T] = dS.sum(axis=(0, 2))
         dhid = dS @ W2.swapaxes(-1, -2)[None]  # (B,H,T,hs)
@@ -240,11 +243,12 @@ class FactorizedDense(_DenseHidden):
         dfull[..., :T] = dS
         dF = dfull.reshape(B, H, T, self.b, self.a)  # (B,H,T,b,a)
         # full[q*a + r] = Bf[q] * A[r]
-        dA = np.einsum("bhtqr,bhtq->bhtr", dF, Bf)  # (B,H,T,a)
-        dBf = np.einsum("bhtqr,bhtr->bhtq", dF, A)  # (B,H,T,b)
+        dA = (Bf[..., None, :] @ dF)[..., 0, :]  # (B,H,T,a) sum over q of dF[q, r] Bf[q]
+        dBf = (dF @ A[..., :, None])[..., 0]  # (B,H,T,b) sum over r of dF[q, r] A[r]
         # A = hid @ Wa[h] + ba[h];  Bf = hid @ Wb[h] + bb[h]
-        dWa = np.einsum("bhti,bhtr->hir", hid, dA)  # (H,hs,a)
-        dWb = np.einsum("bhti,bhtq->hiq", hid, dBf)  # (H,hs,b)
+        hid_h = hid.transpose(1, 3, 0, 2).reshape(H, -1, B * T)  # (H,hs,B*T)
+        dWa = hid_h @ dA.transpose(1, 0, 2, 3).reshape(H, B * T, self.a)  # (H,hs,a)
+        dWb = hid_h @ dBf.transpose(1, 0, 2, 3).reshape(H, B * T, self.b)  # (H,hs,b)
         dhid = dA @ Wa.swapaxes(-1, -2)[None] + dBf @ Wb.swapaxes(-1, -2)[None]  # (B,H,T,hs)
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {

@@ -638,6 +638,8 @@ def attention_core_forward(S, v, causal):
     check_float_array("S", S, dtype=v.dtype)
     shared = S.ndim == 3
     check_shape("S", S, (H, T, T) if shared else (B, H, T, T))
+    if shared:  # one (H,T,T) softmax and a batched BLAS matmul: nothing per batch to fuse
+        return layers.attention_core_forward(S, v, causal)
     S4 = np.ascontiguousarray(S).reshape((1,) + S.shape if shared else S.shape)  # (1|B,H,T,T)
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     o = np.empty((B, H, T, hs), dtype=v.dtype)  # (B,H,T,hs)
@@ -690,6 +692,8 @@ def attention_core_backward(do, probs, v, shared):
     B, H, T, hs = v.shape
     check_shape("do", do, v.shape)
     check_shape("probs", probs, (B, H, T, T))
+    if shared:  # dP summed over the batch by one BLAS matmul per head; see the twin
+        return layers.attention_core_backward(do, probs, v, shared)
     dS = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     dv = np.empty((B, H, T, hs), dtype=v.dtype)  # (B,H,T,hs)
     dprow = np.empty((B * H, T), dtype=v.dtype)  # (B*H,T) scratch row per (b, h)

@@ -52,7 +52,8 @@ def linear_forward(x, W, b):
     if x.shape[-1] != D:
         raise ValueError(f"x has last dimension {x.shape[-1]} but W expects {D} input features")
     check_shape("b", b, (F,))
-    out = x @ W + b  # (..., F)
+    # one (N, D) @ (D, F) GEMM: a 3-D @ 2-D matmul would call BLAS once per batch row
+    out = (x.reshape(-1, D) @ W).reshape(x.shape[:-1] + (F,)) + b  # (..., F)
     return out, LinearCache(x, W)
 
 
@@ -62,9 +63,9 @@ def linear_backward(dout, cache):
     check_float_array("dout", dout, dtype=W.dtype)
     check_shape("dout", dout, x.shape[:-1] + (W.shape[1],))
     # out = x @ W + b
-    dx = dout @ W.T  # (..., D)
     x2 = x.reshape(-1, W.shape[0])  # (N, D)
     dout2 = dout.reshape(-1, W.shape[1])  # (N, F)
+    dx = (dout2 @ W.T).reshape(x.shape)  # (..., D)
     dW = x2.T @ dout2  # (D, F)
     db = dout2.sum(axis=0)  # (F,)
     return dx, dW, db
@@ -226,25 +227,43 @@ def softmax_backward(dout, cache):
 def attention_core_forward(S, v, causal):
     """P = softmax(mask(S)); o = P @ v.
 
-    S (B,H,T,T), or (H,T,T) when the logits are shared across the batch;
-    v (B,H,T,hs). Returns o (B,H,T,hs) and probs (B,H,T,T).
+    S (B,H,T,T), or (H,T,T) when the logits are shared across the batch (random
+    synthesizers); v (B,H,T,hs). Returns o (B,H,T,hs) and probs (B,H,T,T). Shared
+    logits give the same P for every batch element: it is computed once per head
+    and returned as a read-only broadcast view.
     """
     B, H, T, _ = v.shape
-    S = np.broadcast_to(S, (B, H, T, T))  # (B,H,T,T) a view when shared
+    if S.ndim == 3:
+        probs_h, _ = softmax_forward(S, causal=causal)  # (H,T,T) once, not B times
+        o = probs_h @ v  # (B,H,T,hs) broadcast over the batch
+        return o, np.broadcast_to(probs_h, (B, H, T, T))
     probs, _ = softmax_forward(S, causal=causal)  # (B,H,T,T)
     o = probs @ v  # (B,H,T,hs)
     return o, probs
 
 
 def attention_core_backward(do, probs, v, shared):
-    """Returns (dS, dv); dS is (H,T,T) summed over the batch when ``shared``."""
+    """Returns (dS, dv); dS is (H,T,T) summed over the batch when ``shared``.
+
+    When ``shared``, every probs[b] equals probs[0]; the softmax backward is linear
+    in dP for a fixed P, so summing dP over the batch first gives the same dS.
+    """
+    B, H, T, hs = v.shape
+    if shared:
+        probs_h = probs[0]  # (H,T,T)
+        # o[b] = P @ v[b]:  dP = sum_b do[b] v[b]^T, one (T, B*hs) @ (B*hs, T) matmul per head
+        do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+        v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+        dprobs = do_h @ v_h.swapaxes(-1, -2)  # (H,T,T)
+        dv = probs_h.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+        # P = softmax(mask(S))
+        dS = softmax_backward(dprobs, SoftmaxCache(probs_h))  # (H,T,T)
+        return dS, dv
     # o = P @ v
     dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
     dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
     # P = softmax(mask(S))
     dS = softmax_backward(dprobs, SoftmaxCache(probs))  # (B,H,T,T)
-    if shared:
-        dS = dS.sum(axis=0)  # (H,T,T) the same S served every batch element
     return dS, dv
 
 
