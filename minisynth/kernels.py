@@ -48,7 +48,7 @@ from numba import jit, prange
 from numba.core.errors import NumbaError
 
 from . import backend, layers, optim
-from ._validate import check_float_array, check_int_array, check_positive_int, check_shape
+from ._validate import check_float_array, check_int_array, check_shape
 from .layers import (
     GELU_CUBIC,
     GELU_SCALE,
@@ -413,19 +413,6 @@ def _cross_entropy_backward_rows(probs, t, scale):
     return dlogits
 
 
-def _check_cross_entropy_inputs(logits, targets):
-    """The twin's checks of cross_entropy_forward; returns V."""
-    check_float_array("logits", logits, min_ndim=1)
-    V = logits.shape[-1]
-    check_int_array("targets", targets, upper=V)
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
-            f"got {targets.shape}"
-        )
-    return V
-
-
 def _softmax_rows(logits, targets, V, scale, subtract_target):
     """The three passes shared by the forward and the fused kernel: (N, V) buffer, losses (N,)."""
     t = _flat(targets).astype(np.intp, copy=False)  # (N,) one integer type: one compilation
@@ -447,7 +434,7 @@ def cross_entropy_forward(logits, targets):
     Twin of :func:`minisynth.layers.cross_entropy_forward`; returns
     ``(loss, CrossEntropyCache)`` with ``loss`` a NumPy scalar of the logits' dtype.
     """
-    V = _check_cross_entropy_inputs(logits, targets)
+    V = layers.check_cross_entropy_inputs(logits, targets)
     one = logits.dtype.type(1.0)
     probs, losses = _softmax_rows(logits, targets, V, one, False)  # (N, V), (N,)
     t = targets.reshape(-1)  # (N,) the caller's ids, as the twin caches them
@@ -488,7 +475,7 @@ def cross_entropy_forward_backward(logits, targets, dloss=1.0):
     but writes dlogits straight into the probabilities' buffer: no cache, no copy.
     Kernel only: on the NumPy path, compose the two twins.
     """
-    V = _check_cross_entropy_inputs(logits, targets)
+    V = layers.check_cross_entropy_inputs(logits, targets)
     dloss = float(dloss)
     scale = logits.dtype.type(dloss / targets.size)  # rounded to the dtype, as the twin
     dlogits, losses = _softmax_rows(logits, targets, V, scale, True)  # (N, V), (N,)
@@ -559,16 +546,9 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     :mod:`minisynth.optim`), with the same checks. Strided arrays work: they are
     updated through contiguous copies that are written back.
     """
-    check_float_array("p", p)
-    for name, arr in (("g", g), ("m", m), ("v", v)):
-        check_float_array(name, arr, dtype=p.dtype)
-        if arr.shape != p.shape:
-            raise ValueError(f"{name} has shape {arr.shape} but p has shape {p.shape}")
-    for name, arr in (("p", p), ("m", m), ("v", v)):
-        if not arr.flags.writeable:
-            raise ValueError(f"{name} is read-only but is updated in place")
-    lr, beta1, beta2, eps, weight_decay = optim._check_hparams(lr, beta1, beta2, eps, weight_decay)
-    t = check_positive_int("t", t)
+    lr, beta1, beta2, eps, weight_decay, t = optim.check_adamw_inputs(
+        p, g, m, v, lr, beta1, beta2, eps, weight_decay, t
+    )
 
     dt = p.dtype.type  # every scalar rounded to the dtype once, as NumPy does for the twin
     decay = 1.0 - lr * weight_decay  # 1.0 when weight_decay == 0: the twin skips the multiply

@@ -274,8 +274,8 @@ class CrossEntropyCache(NamedTuple):
     logits_shape: tuple
 
 
-def cross_entropy_forward(logits, targets):
-    """Mean over all positions of -log softmax(logits)[target]. logits (..., V), targets (...)."""
+def check_cross_entropy_inputs(logits, targets):
+    """Checks shared by both cross-entropy backends; returns V."""
     check_float_array("logits", logits, min_ndim=1)
     V = logits.shape[-1]
     check_int_array("targets", targets, upper=V)
@@ -284,6 +284,12 @@ def cross_entropy_forward(logits, targets):
             f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
             f"got {targets.shape}"
         )
+    return V
+
+
+def cross_entropy_forward(logits, targets):
+    """Mean over all positions of -log softmax(logits)[target]. logits (..., V), targets (...)."""
+    V = check_cross_entropy_inputs(logits, targets)
     z = logits.reshape(-1, V)  # (N, V)
     z = z - z.max(axis=-1, keepdims=True)  # (N, V)
     logsumexp = np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (N, 1)

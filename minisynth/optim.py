@@ -92,15 +92,8 @@ def _check_same_keys(what, got, expected):
 
 
 # ----------------------------------------------------------------- per-array update
-def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
-    """One AdamW step for one array: updates ``p``, ``m`` and ``v`` in place; returns None.
-
-    ``p``, ``g``, ``m``, ``v`` must be arrays of one shape and one float dtype
-    (float32 or float64); ``g`` is only read. ``t`` is the 1-based step number
-    (after incrementing), used for bias correction. ``weight_decay`` is the
-    decoupled decay coefficient (pass 0.0 for arrays that are not decayed).
-    Arithmetic stays in the arrays' dtype. See the module docstring for the formula.
-    """
+def check_adamw_inputs(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """The checks of :func:`adamw_update` (and its Numba twin); returns the checked scalars."""
     check_float_array("p", p)
     for name, arr in (("g", g), ("m", m), ("v", v)):
         check_float_array(name, arr, dtype=p.dtype)
@@ -110,7 +103,21 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
         if not arr.flags.writeable:
             raise ValueError(f"{name} is read-only but is updated in place")
     lr, beta1, beta2, eps, weight_decay = _check_hparams(lr, beta1, beta2, eps, weight_decay)
-    t = check_positive_int("t", t)
+    return lr, beta1, beta2, eps, weight_decay, check_positive_int("t", t)
+
+
+def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """One AdamW step for one array: updates ``p``, ``m`` and ``v`` in place; returns None.
+
+    ``p``, ``g``, ``m``, ``v`` must be arrays of one shape and one float dtype
+    (float32 or float64); ``g`` is only read. ``t`` is the 1-based step number
+    (after incrementing), used for bias correction. ``weight_decay`` is the
+    decoupled decay coefficient (pass 0.0 for arrays that are not decayed).
+    Arithmetic stays in the arrays' dtype. See the module docstring for the formula.
+    """
+    lr, beta1, beta2, eps, weight_decay, t = check_adamw_inputs(
+        p, g, m, v, lr, beta1, beta2, eps, weight_decay, t
+    )
 
     bias1 = 1.0 - beta1**t  # Python floats: NumPy keeps float32 arrays float32 (NEP 50)
     bias2_sqrt = math.sqrt(1.0 - beta2**t)

@@ -5,6 +5,9 @@ from hypothesis import strategies as st
 
 from minisynth.gradcheck import numerical_gradient_array, rel_error
 
+# command-line sizes of a model that trains in a fraction of a second
+TINY_MODEL_ARGS = ["--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--max-len", "16",
+                   "--batch-size", "4"]  # fmt: skip
 GRAD_TOL = 1e-7
 ZERO_GRAD = 1e-7  # below this norm a finite-difference gradient is rounding noise
 seeds = st.integers(min_value=0, max_value=2**32 - 1)

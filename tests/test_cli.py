@@ -2,30 +2,13 @@ import subprocess
 import sys
 
 import pytest
+from helpers import TINY_MODEL_ARGS
 
 from minisynth import __version__
 from minisynth.cli import main
 
-TRAIN = [
-    "train",
-    "--d-model",
-    "16",
-    "--n-heads",
-    "2",
-    "--n-layers",
-    "1",
-    "--max-len",
-    "16",
-    "--batch-size",
-    "4",
-    "--steps",
-    "6",
-    "--eval-interval",
-    "3",
-    "--sample-length",
-    "10",
-    "--quiet",
-]
+TRAIN = ["train", *TINY_MODEL_ARGS, "--steps", "6", "--eval-interval", "3",
+         "--sample-length", "10", "--quiet"]  # fmt: skip
 
 
 def test_version_and_help():

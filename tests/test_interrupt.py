@@ -8,30 +8,13 @@ import sys
 import time
 
 import numpy as np
+from helpers import TINY_MODEL_ARGS
 
 from minisynth.checkpoint import load_checkpoint
 from minisynth.cli import main
 
-TRAIN = [
-    "train",
-    "--d-model",
-    "16",
-    "--n-heads",
-    "2",
-    "--n-layers",
-    "1",
-    "--max-len",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-interval",
-    "3",
-    "--log-interval",
-    "1",
-    "--sample-length",
-    "0",
-    "--quiet",
-]
+TRAIN = ["train", *TINY_MODEL_ARGS, "--eval-interval", "3", "--log-interval", "1",
+         "--sample-length", "0", "--quiet"]  # fmt: skip
 
 
 def start(out, steps):

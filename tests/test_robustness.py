@@ -7,32 +7,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import TINY_MODEL_ARGS
 
 from minisynth import ModelConfig, SynthesizerLM
 from minisynth.checkpoint import save_checkpoint
 from minisynth.cli import main
 
-TINY = [
-    "--d-model",
-    "16",
-    "--n-heads",
-    "2",
-    "--n-layers",
-    "1",
-    "--max-len",
-    "16",
-    "--batch-size",
-    "4",
-    "--steps",
-    "3",
-    "--eval-interval",
-    "3",
-    "--warmup-steps",
-    "1",
-    "--sample-length",
-    "0",
-    "--quiet",
-]
+TINY = [*TINY_MODEL_ARGS, "--steps", "3", "--eval-interval", "3", "--warmup-steps", "1",
+        "--sample-length", "0", "--quiet"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
