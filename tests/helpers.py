@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import strategies as st
 
-from minisynth.gradcheck import numerical_gradient_array, rel_error
+from minisynth.gradcheck import DEFAULT_STEP, numerical_gradient_array, rel_error
 
 # command-line sizes of a model that trains in a fraction of a second
 TINY_MODEL_ARGS = ["--d-model", "16", "--n-heads", "2", "--n-layers", "1", "--max-len", "16",
@@ -46,14 +46,14 @@ def assert_no_aliasing(grads, others=()):
                 assert not np.shares_memory(g, o), f"gradient {i} shares memory with input {k}"
 
 
-def assert_gradients_match(forward, wrt, analytic, dout, tol=GRAD_TOL):
+def assert_gradients_match(forward, wrt, analytic, dout, tol=GRAD_TOL, h=DEFAULT_STEP):
     """For each named array in ``wrt``, compare the analytic gradient with central differences.
 
     ``forward()`` recomputes the output from the (in-place perturbed) arrays.
     """
     assert set(wrt) == set(analytic), (sorted(wrt), sorted(analytic))
     for name, arr in wrt.items():
-        numeric = numerical_gradient_array(forward, arr, dout)
+        numeric = numerical_gradient_array(forward, arr, dout, h=h)
         assert_gradient_close(name, analytic[name], numeric, tol)
 
 

@@ -70,6 +70,7 @@ def test_layernorm_gradients(B, T, C, seed):
         {"x": x, "g": g, "b": b},
         {"x": dx, "g": dg, "b": db},
         dout,
+        h=1e-4,  # rows of 3 values can have a small variance: large higher derivatives
     )
 
 
