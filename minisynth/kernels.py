@@ -74,7 +74,7 @@ __all__ = [
 
 # ------------------------------------------------------------------- jit options
 # The one place for jit options. fastmath flags, spelled out because
-# fastmath=True would add nnan/ninf, under which LLVM may assume no -inf exists
+# fastmath set to True would add nnan/ninf, under which LLVM may assume no -inf exists
 # and break masked logits:
 #   nsz      ignore the sign of zero          arcp   x / y may become x * (1 / y)
 #   contract a * b + c may fuse into an FMA   afn    approximate libm functions allowed
