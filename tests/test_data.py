@@ -347,3 +347,15 @@ def test_fetch_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="timeout"):
         D.fetch_enwik8("http://127.0.0.1/x.zip", tmp_path, timeout=0, progress=False)
     assert os.listdir(tmp_path) == []
+
+
+def test_cli_data_fetch_rejects_a_wrong_download_and_leaves_nothing(server, tmp_path, capsys):
+    """`minisynth data fetch` checks the official checksums: a small zip from a mirror fails."""
+    from minisynth.cli import main
+
+    base, _ = server
+    code = main(["data", "fetch", "--url", f"{base}/enwik8.zip", "--dest", str(tmp_path),
+                 "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "SHA-256" in err.upper() and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
