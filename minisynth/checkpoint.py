@@ -29,7 +29,6 @@ from .model import ModelConfig, SynthesizerLM
 
 FORMAT_VERSION = 1
 OPTIM_PREFIX = "optim."
-META_KEYS = ("config", "train_config", "step", "rng_state", "format")
 
 
 class CheckpointError(ValueError):

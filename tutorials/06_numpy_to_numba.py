@@ -349,12 +349,14 @@ for dtype in (np.float32, np.float64):
 # *twin's* forward, so that each comparison tests one function.
 
 # %%
-N, C, V = Bk * Tk, 8 if TINY else config.d_model, config.vocab_size
+V = config.vocab_size
 
 
-def op_cases(dtype):
-    """(name, arguments) for each kernel of a training step, on random inputs of ``dtype``."""
+def op_cases(dtype, B, H, T, hs, C):
+    """(name, arguments) for each kernel of a training step, on random inputs of ``dtype``:
+    N = B T rows of width C (hidden 4C, V logits) and attention maps (B, H, T, T)."""
     f = np.dtype(dtype).type
+    N = B * T
     xr = rng.uniform(-2, 2, (N, C)).astype(f)  # (N, C)
     g, b = rng.uniform(-2, 2, C).astype(f), rng.uniform(-2, 2, C).astype(f)  # (C,)
     dxr = rng.standard_normal((N, C)).astype(f)  # (N, C)
@@ -366,9 +368,9 @@ def op_cases(dtype):
     targets = rng.integers(0, V, N)  # (N,)
     _, ce_cache = layers.cross_entropy_forward(logits, targets)
     _, emb_cache = layers.embedding_forward(targets, rng.standard_normal((V, C)).astype(f))
-    S4 = rng.standard_normal((Bk, Hk, Tk, Tk)).astype(f)  # (B,H,T,T)
-    va = rng.standard_normal((Bk, Hk, Tk, hsk)).astype(f)  # (B,H,T,hs)
-    do = rng.standard_normal((Bk, Hk, Tk, hsk)).astype(f)  # (B,H,T,hs)
+    S4 = rng.standard_normal((B, H, T, T)).astype(f)  # (B,H,T,T)
+    va = rng.standard_normal((B, H, T, hs)).astype(f)  # (B,H,T,hs)
+    do = rng.standard_normal((B, H, T, hs)).astype(f)  # (B,H,T,hs)
     _, probs = layers.attention_core_forward(S4, va, True)
     return [
         ("layernorm_forward", (xr, g, b)),
@@ -394,7 +396,7 @@ def float_arrays(result):
 
 library_checks = {}
 for dtype in (np.float32, np.float64):
-    for name, args in op_cases(dtype):
+    for name, args in op_cases(dtype, Bk, Hk, Tk, hsk, 8 if TINY else config.d_model):
         ours = float_arrays(getattr(kernels, name)(*args))
         twin = float_arrays(getattr(layers, name)(*args))
         err = max(rel_error(a, b) for a, b in zip(ours, twin, strict=True))
@@ -625,34 +627,8 @@ assert wrong_blocks == 0
 
 # %%
 Bt, Ht, Tt, Ct = BATCH, config.n_heads, config.max_len, config.d_model
-Nt, hst = Bt * Tt, Ct // config.n_heads
-f32 = np.float32
-xt = rng.uniform(-2, 2, (Nt, Ct)).astype(f32)  # (N, C)
-gt, bt = np.ones(Ct, f32), np.zeros(Ct, f32)  # (C,)
-dxt = rng.standard_normal((Nt, Ct)).astype(f32)  # (N, C)
-_, ln_t = layers.layernorm_forward(xt, gt, bt)
-ht = rng.uniform(-3, 3, (Nt, 4 * Ct)).astype(f32)  # (N, 4C)
-dht = rng.standard_normal((Nt, 4 * Ct)).astype(f32)  # (N, 4C)
-_, gelu_t = layers.gelu_forward(ht)
-logits_t = rng.uniform(-3, 3, (Nt, V)).astype(f32)  # (N, V)
-targets_t = rng.integers(0, V, Nt)  # (N,)
-_, ce_t = layers.cross_entropy_forward(logits_t, targets_t)
-_, emb_t = layers.embedding_forward(targets_t, rng.standard_normal((V, Ct)).astype(f32))
-St = rng.standard_normal((Bt, Ht, Tt, Tt)).astype(f32)  # (B,H,T,T)
-vt = rng.standard_normal((Bt, Ht, Tt, hst)).astype(f32)  # (B,H,T,hs)
-dot = rng.standard_normal((Bt, Ht, Tt, hst)).astype(f32)  # (B,H,T,hs)
-_, probs_t = layers.attention_core_forward(St, vt, True)
-timing_cases = {
-    "layernorm_forward": (xt, gt, bt),
-    "layernorm_backward": (dxt, ln_t),
-    "gelu_forward": (ht,),
-    "gelu_backward": (dht, gelu_t),
-    "cross_entropy_forward": (logits_t, targets_t),
-    "cross_entropy_backward": (1.0, ce_t),
-    "embedding_backward": (dxt, emb_t),
-    "attention_core_forward": (St, vt, True),
-    "attention_core_backward": (dot, probs_t, vt, False),
-}
+timing_cases = dict(op_cases(np.float32, Bt, Ht, Tt, Ct // Ht, Ct))
+St, vt, _ = timing_cases["attention_core_forward"]  # for our own fused forward below
 op_ms = {}
 for name, args in timing_cases.items():
     op_ms[name] = (
