@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from minisynth import ModelConfig, attention, viz
+from minisynth.backend import get_backend
 from minisynth.checkpoint import load_checkpoint
 from minisynth.data import load_data
 from minisynth.train import TrainConfig, evaluate, train
@@ -74,6 +75,16 @@ def run_dir(out, kind, seed):
     return out / "runs" / f"{kind.replace('+', '_plus_')}-seed{seed}"
 
 
+def compute_description():
+    """What the timings ran on: CPUs this process may use and the BLAS/Numba thread settings."""
+    return {
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpus_total": os.cpu_count(),
+        "backend": get_backend(),
+        **{k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")},
+    }
+
+
 def run_one(out, kind, seed, data_spec, steps):
     """Train (or resume, or skip) one run; returns its result dict."""
     rdir = run_dir(out, kind, seed)
@@ -110,6 +121,7 @@ def run_one(out, kind, seed, data_spec, steps):
         "steps": steps,
         "tokens": steps * SCHEDULE["batch_size"] * MODEL["max_len"],
         "wall_time_s": wall,
+        "compute": compute_description(),
         "model_config": asdict(mc),
         "train_config": asdict(tc),
     }

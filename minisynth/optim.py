@@ -30,7 +30,9 @@ import numpy as np
 from ._validate import check_float_array, check_positive_int
 from .backend import op
 
-NO_DECAY_SUFFIXES = ("wte", "wpe", "alpha")
+# Last name component of parameters never decayed by default: embeddings, and attention
+# logits that no input multiplies (mixture weights, Random and factorized-Random R).
+NO_DECAY_NAMES = frozenset({"wte", "wpe", "alpha", "R", "R1", "R2"})
 
 
 # ----------------------------------------------------------------------------- checks
@@ -139,11 +141,14 @@ def default_decay_filter(name, array):
     """True for arrays that get weight decay by default.
 
     Decayed: weight matrices and tensors with ``array.ndim >= 2`` (``blocks.0.attn.Wq``,
-    the 3-D ``dense.W2`` and ``random.R``). Not decayed: 1-D biases and gains
-    (``ln_f.b``, ``blocks.0.ln1.g``, ``blocks.0.mlp.b1``), the embeddings (names
-    ending in ``wte`` / ``wpe``) and the mixture logits (names ending in ``alpha``).
+    the 3-D ``dense.W2``). Not decayed: 1-D biases and gains (``ln_f.b``,
+    ``blocks.0.ln1.g``, ``blocks.0.mlp.b1``), the embeddings (``wte``, ``wpe``), the
+    mixture logits (``alpha``) and the synthetic logits of the Random kinds (``R``,
+    ``R1``, ``R2``). Those last are attention logits themselves, not feature weights:
+    decaying them pulls every learned alignment toward the uniform one, a prior the
+    paper's setup (no weight decay) does not have.
     """
-    return array.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)
+    return array.ndim >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
 
 
 class AdamW:

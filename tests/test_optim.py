@@ -110,8 +110,11 @@ def test_default_decay_filter_names():
     params = model_params(rng)
     opt = AdamW(params)
     decayed = sorted(k for k, d in opt.decay.items() if d)
-    assert decayed == ["blocks.0.attn.Wq", "blocks.0.attn.dense.W2", "blocks.0.attn.random.R"]
-    assert default_decay_filter("blocks.3.attn.alpha", np.zeros((2, 2))) is False
+    assert decayed == ["blocks.0.attn.Wq", "blocks.0.attn.dense.W2"]
+    for name in ("blocks.3.attn.alpha", "blocks.0.attn.R", "blocks.1.attn.R1", "blocks.1.attn.R2"):
+        assert default_decay_filter(name, np.zeros((2, 2))) is False, name
+    # Only the last name component counts: a weight whose name merely ends in "R" decays.
+    assert default_decay_filter("blocks.0.attn.WR", np.zeros((2, 2))) is True
 
 
 def test_no_decay_params_unchanged_with_zero_grads():

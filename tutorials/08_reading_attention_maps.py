@@ -224,8 +224,9 @@ for key, meaning in STAT_UNITS.items():
 #   through the position embedding inside $x_i$; the `random` heads move
 #   away from uniform most slowly (in our run they are still close to it).
 #   Every entry of R is a separate parameter that learns only from the
-#   gradient of its own logit, and weight decay pulls R back towards 0,
-#   which *is* uniform attention.
+#   gradient of its own logit, and only when it is visible. (AdamW's default
+#   filter does not decay R: decay would pull R back towards 0, which *is*
+#   uniform attention.)
 #
 # These four statistics are about **positions**: a `random` head could score
 # anything on them. A statistic about **content** separates the kinds: how
