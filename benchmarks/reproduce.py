@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -77,7 +78,18 @@ def run_dir(out, kind, seed):
 
 def compute_description():
     """What the timings ran on: CPUs this process may use and the BLAS/Numba thread settings."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None  # not a git checkout
     return {
+        "minisynth_commit": commit,
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpus_total": os.cpu_count(),
         "backend": get_backend(),

@@ -165,18 +165,18 @@ class Dense(_DenseHidden):
         T = x.shape[1]
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
         W2 = p["W2"][:, :, :T]  # (H,hs,T) only the first T logit columns are used
-        S = hid @ W2[None] + p["b2"][None, :, None, :T]  # (B,H,T,T)
+        S = hid @ W2[None]  # (B,H,T,T)
+        S += p["b2"][None, :, None, :T]  # in place: S is a fresh (B,H,T,T), no second copy
         return S, (hid, W2, hidden_cache)
 
     def backward(self, dS, cache):
         hid, W2, hidden_cache = cache
         H, hs, T = W2.shape
         # S = hid @ W2[:, :, :T] + b2[:, :T]
-        B = dS.shape[0]
         dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
-        # sum over (b, t) as one batched matmul per head: (hs, B*T) @ (B*T, T)
-        hid_h = hid.transpose(1, 3, 0, 2).reshape(H, hs, B * T)  # (H,hs,B*T)
-        dW2[:, :, :T] = hid_h @ dS.transpose(1, 0, 2, 3).reshape(H, B * T, T)
+        # sum over b of per-(b, h) products: the (B,H,hs,T) partials are small, while
+        # regrouping dS to one (B*T, T) matrix per head would copy all of it
+        dW2[:, :, :T] = (hid.swapaxes(-1, -2) @ dS).sum(axis=0)
         db2 = np.zeros((H, self.L), dtype=dS.dtype)  # (H,L)
         db2[:, :T] = dS.sum(axis=(0, 2))
         dhid = dS @ W2.swapaxes(-1, -2)[None]  # (B,H,T,hs)

@@ -14,7 +14,7 @@
 # 2. **write a fused kernel** with `numba.njit`: masked softmax and the weighted
 #    sum of values in one pass, with the signature of its NumPy twin;
 # 3. **check** it against the twin, and the library's kernels against theirs
-#    (plus a float64 gradient check of the library's fused backward);
+#    (plus a float64 gradient check of the library's backward);
 # 4. the **fastmath** flags: why `nnan` and `ninf` are left out;
 # 5. **prange**: why a parallel loop may only run over what one iteration writes;
 # 6. **measure**: every kernel against its twin, and a whole training step on
@@ -411,7 +411,7 @@ assert max(e for (_, dt), e in library_checks.items() if dt == "float64") < 1e-1
 
 # %% [markdown]
 # Agreeing with the twin is not yet proof of a correct *gradient*: both could
-# share a mistake. The fused backward `kernels.attention_core_backward(do,
+# share a mistake. The library's backward `kernels.attention_core_backward(do,
 # probs, v, shared)` returns `(dS, dv)`, the gradients of $\sum o \odot do$ with
 # respect to the logits and the values. We check it against finite differences
 # of **our** forward kernel, in float64 (`numerical_gradient_array` perturbs
@@ -655,19 +655,20 @@ for name, (t_np, t_nb) in op_ms.items():
 # * **GELU** and **cross-entropy** gain less: their cost is the transcendental
 #   function (`tanh`, `exp`), and both paths leave it to NumPy's SIMD loops
 #   (the GELU kernel writes `tanh` in terms of `np.exp`, see below).
-# * the **attention core** at T = 64 is roughly on par, and the fused backward
-#   can even be slower than its twin: the twin's `P @ v` and `do @ v^T` are
-#   batched BLAS matrix products, while the kernel's innermost loops run over
-#   only hs = 16 numbers. Fusion saves memory traffic, which does not pay
-#   against BLAS at these shapes.
+# * the **attention core**: the library's kernels jit only the softmax passes
+#   and leave `P @ v`, `do @ v^T` and `P^T @ do` to BLAS. A fused loop like
+#   ours runs its innermost loop over only hs numbers; the library's first
+#   version did that and its matrix products ran at about 3.5 GFLOP/s, a tenth
+#   of BLAS on the full square, masked half included. Fusion saves memory
+#   traffic, which does not pay against BLAS at these shapes.
 # * **our fused forward** is correct but typically slower than the library's.
 #   The reason is `exp`: Numba (without Intel's SVML library) calls the C
 #   library's scalar `exp` once per element, while NumPy's `np.exp` is a SIMD
 #   loop, several times faster per element. So the library's exp-heavy kernels
 #   (attention core, GELU, cross-entropy) are split in three: a jitted pass
 #   writes the shifted logits into a fresh buffer, `np.exp(buf, out=buf)`
-#   exponentiates it in place, and a second jitted pass normalises and (for
-#   attention) multiplies by `v`. The module docstring of `minisynth.kernels`
+#   exponentiates it in place, and a second jitted pass finishes the job
+#   (for attention: divides by the row sums). The module docstring of `minisynth.kernels`
 #   tells the story.
 #
 # "Compiled" does not mean "faster": measure each step.
