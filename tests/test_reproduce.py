@@ -1,0 +1,104 @@
+"""benchmarks/reproduce.py: its report comes from the runs' files, and the sweep resumes.
+
+Runs the script's ``--smoke`` sweep (tiny models, a few steps: seconds) in a
+subprocess, with its run directories and report in a temporary folder.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
+KINDS = ["vanilla", "random_fixed", "dense+vanilla"]
+SEEDS = ["0", "1"]
+
+
+def sweep(tmp_path, *extra, kinds=KINDS, seeds=SEEDS):
+    out = tmp_path / "results"
+    cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)]
+    cmd += ["--report", str(tmp_path / "RESULTS.md"), "--kinds", *kinds, "--seeds", *seeds]
+    proc = subprocess.run(
+        cmd + list(extra), cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    return proc, out
+
+
+def table_rows(report):
+    """kind -> (val mean, val sd, test mean, test sd) parsed from the report's table."""
+    rows = {}
+    pattern = r"^\| ([a-z_+]+) \| [\d,]+ \| [\d,]+ \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|"
+    for line in report.splitlines():
+        m = re.match(pattern, line)
+        if m:
+            rows[m.group(1)] = tuple(float(g) for g in m.groups()[1:])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    proc, out = sweep(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp_path, out
+
+
+def test_report_numbers_are_the_runs_numbers(finished_sweep):
+    tmp_path, out = finished_sweep
+    report = (tmp_path / "RESULTS.md").read_text()
+    rows = table_rows(report)
+    assert sorted(rows) == sorted(KINDS)
+    for kind in KINDS:
+        results = [
+            json.loads(p.read_text())
+            for p in sorted((out / "runs").glob(f"{kind.replace('+', '_plus_')}-seed*/result.json"))
+        ]
+        assert [r["seed"] for r in results] == [0, 1]
+        val = np.array([r["val_bpc"] for r in results])
+        test = np.array([r["test_bpc"] for r in results])
+        expected = (val.mean(), val.std(ddof=1), test.mean(), test.std(ddof=1))
+        np.testing.assert_allclose(rows[kind], expected, atol=5e-4, err_msg=kind)
+        # each result's validation BPC is the one its training run logged at the end
+        for r in results:
+            metrics = out / "runs" / f"{kind.replace('+', '_plus_')}-seed{r['seed']}"
+            lines = (metrics / "metrics.jsonl").read_text().splitlines()
+            logged = [json.loads(line)["val_bpc"] for line in lines if "val_bpc" in line]
+            assert logged[-1] == pytest.approx(r["val_bpc"], abs=1e-6)
+    for figure in ("bpc.png", "curves.png", "compare.png"):
+        path = out / "figures" / figure
+        assert path.stat().st_size > 1000, figure
+        assert f"{figure})" in report
+    assert "Command: `python benchmarks/reproduce.py --smoke" in report
+    assert re.search(r"Timings: minisynth commit \S+, numba backend", report)
+
+
+def test_a_rerun_skips_finished_runs_and_resumes_from_checkpoints(finished_sweep, tmp_path):
+    _, out = finished_sweep
+    # copy two finished runs; make one look interrupted at its last checkpoint
+    work = tmp_path / "results"
+    for name in ("vanilla-seed0", "random_fixed-seed0"):
+        shutil.copytree(out / "runs" / name, work / "runs" / name)
+    done = json.loads((work / "runs" / "vanilla-seed0" / "result.json").read_text())
+    (work / "runs" / "vanilla-seed0" / "result.json").unlink()
+    before = (work / "runs" / "random_fixed-seed0" / "result.json").read_bytes()
+
+    proc, _ = sweep(tmp_path, kinds=["vanilla", "random_fixed"], seeds=["0"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "== vanilla seed 0 (resuming)" in proc.stdout
+    assert "== random_fixed" not in proc.stdout  # finished: skipped, not retrained
+    assert (work / "runs" / "random_fixed-seed0" / "result.json").read_bytes() == before
+    again = json.loads((work / "runs" / "vanilla-seed0" / "result.json").read_text())
+    # the checkpoint was at the last step: the resumed run evaluates the same model
+    assert again["val_bpc"] == done["val_bpc"]
+    assert again["test_bpc"] == done["test_bpc"]
+
+
+def test_report_only_without_runs_says_so(tmp_path):
+    proc, _ = sweep(tmp_path, "--report-only")
+    assert proc.returncode != 0
+    assert "no finished runs" in proc.stderr
