@@ -5,8 +5,9 @@ Run from the repository root (a script, not a test)::
     python benchmarks/bench_kernels.py [--repeat 15] [--threads 2] [--warm-cache]
 
 Sizes: N = B*T = 16*256 = 4096 rows, C = 256 (layer norm, embedding), GELU on
-4096 x 1024, V = 256 (cross-entropy), AdamW on one 3.3M-element parameter; all
-float32, as in training.
+4096 x 1024, V = 256 (cross-entropy), AdamW on one 3.3M-element parameter, the
+causal attention core on (B, H, T, T) = (16, 8, 256, 256) logits with hs = 32; all
+float32, as in training (the bench config of ``bench_train.py``).
 
 Table 1, kernels as shipped: median wall time of ``--repeat`` calls of the NumPy
 twin and of the kernel, their ratio, the first kernel call (compilation + one
@@ -39,6 +40,7 @@ import time
 import numpy as np
 
 B, T, C, V, HIDDEN = 16, 256, 256, 256, 1024
+HEADS = 8  # attention core: hs = C / HEADS
 ADAMW_PARAMS = 3_300_000
 
 
@@ -122,6 +124,12 @@ def make_cases(kernels, layers, optim, rng):
         fn(p, grad, m, v, **hp)
         return p
 
+    hs = C // HEADS
+    S = rng.standard_normal((B, HEADS, T, T)).astype(f32)  # (B, H, T, T)
+    v = rng.standard_normal((B, HEADS, T, hs)).astype(f32)  # (B, H, T, hs)
+    do = rng.standard_normal((B, HEADS, T, hs)).astype(f32)  # (B, H, T, hs)
+    _, probs = layers.attention_core_forward(S, v, True)  # (B, H, T, T)
+
     def ce_forward_backward():
         loss, cache = layers.cross_entropy_forward(logits, targets)
         return loss, layers.cross_entropy_backward(1.0, cache)
@@ -149,6 +157,12 @@ def make_cases(kernels, layers, optim, rng):
         ("embedding_backward", f"{bt}x{C}, V={V}",
          lambda: layers.embedding_backward(dout, emb_cache),
          lambda: kernels.embedding_backward(dout, emb_cache)),
+        ("attention_core_forward", f"{B}x{HEADS}x{T}x{T}, causal",
+         lambda: layers.attention_core_forward(S, v, True),
+         lambda: kernels.attention_core_forward(S, v, True)),
+        ("attention_core_backward", f"{B}x{HEADS}x{T}x{T}",
+         lambda: layers.attention_core_backward(do, probs, v, False),
+         lambda: kernels.attention_core_backward(do, probs, v, False)),
         ("adamw_update", f"{ADAMW_PARAMS / 1e6:.1f}M",
          lambda: adamw(optim.adamw_update, "twin"), lambda: adamw(kernels.adamw_update, "kernel")),
     ]  # fmt: skip
