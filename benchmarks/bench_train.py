@@ -31,6 +31,11 @@ same machine load), which gives per path:
   time, against the machine's float32 matmul rate (a 2048^3 product with the
   same threads, NumPy's BLAS and torch's).
 
+Every worker, torch's included, runs with the allocator setting that ``minisynth
+train`` uses (``--malloc reuse``: :mod:`minisynth.allocator` keeps freed memory for
+reuse instead of page-faulting it back in every step); ``--malloc default`` keeps
+the C library's defaults for all paths.
+
 Before any timing, torch's loss must equal minisynth's (both backends) on the
 transplanted weights to float32 rounding, or the script stops: a fast wrong
 model is no baseline. Without torch installed the minisynth columns still run
@@ -294,6 +299,10 @@ def run_worker(spec):
     exit). Each is answered by one ``RESULT {json}`` line, so the parent can
     interleave several workers step by step and they all see the same machine load.
     """
+    if os.environ.get(MALLOC_VARIABLE) == "reuse":  # every path alike, torch's too
+        from minisynth.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     step, forward_backward, facts = setup_path(spec)
     setup_rss = current_rss_mb()
     print(RESULT_TAG + json.dumps({"ready": True}), flush=True)
@@ -392,9 +401,17 @@ def blas_runtime_info():
 
 
 # ----------------------------------------------------------------- parent helpers
-def worker_env(threads, numba_cache_dir=None):
-    """The environment of a worker: every thread pool sized ``threads``; OPENBLAS_CORETYPE kept."""
+MALLOC_VARIABLE = "MINISYNTH_BENCH_MALLOC"
+
+
+def worker_env(threads, numba_cache_dir=None, malloc="reuse"):
+    """The environment of a worker: every thread pool sized ``threads``; OPENBLAS_CORETYPE kept.
+
+    ``malloc`` "reuse" makes each worker apply :func:`minisynth.allocator.reuse_freed_memory`
+    (as the ``minisynth`` command does) before it builds its model, whatever its path.
+    """
     env = dict(os.environ)
+    env[MALLOC_VARIABLE] = malloc
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[var] = str(threads)
     if numba_cache_dir is not None:
@@ -694,6 +711,13 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per path")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
     parser.add_argument("--threads", type=int, default=2, help="threads for BLAS, Numba, torch")
+    parser.add_argument(
+        "--malloc",
+        choices=("reuse", "default"),
+        default="reuse",
+        help="glibc malloc in every worker: 'reuse' freed memory as `minisynth train` does "
+        "(minisynth.allocator), or the C library's 'default' settings",
+    )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report here")
     parser.add_argument(
         "--json", type=Path, default=None, help="also write every raw timing here (JSON)"
@@ -742,7 +766,9 @@ def main(argv=None):
     has_torch = torch_available()
     paths = [p for p in args.paths if p != "torch" or has_torch]
     env = worker_env(
-        args.threads, tempfile.mkdtemp(prefix="bench-numba-") if args.cold_numba_cache else None
+        args.threads,
+        tempfile.mkdtemp(prefix="bench-numba-") if args.cold_numba_cache else None,
+        args.malloc,
     )
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
@@ -845,7 +871,12 @@ def main(argv=None):
         ),
         "settings": (
             f"float32, warm-up {args.warmup} step(s), {args.repeats} repeats, "
-            f"AdamW lr {LR} wd {WEIGHT_DECAY}, clip {GRAD_CLIP}"
+            f"AdamW lr {LR} wd {WEIGHT_DECAY}, clip {GRAD_CLIP}; malloc: "
+            + (
+                "every path reuses freed memory (minisynth.allocator, as `minisynth train`)"
+                if args.malloc == "reuse"
+                else "the C library's defaults"
+            )
             + ("; --quick (tiny models)" if args.quick else "")
         ),
     }

@@ -331,6 +331,9 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
+    from .allocator import reuse_freed_memory
+
+    reuse_freed_memory()  # process-wide, so here and not on import; see minisynth.allocator
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError) as err:

