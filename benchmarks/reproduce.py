@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from minisynth import ModelConfig, attention, viz
+from minisynth import ModelConfig, SynthesizerLM, attention, viz
 from minisynth.backend import get_backend
 from minisynth.checkpoint import load_checkpoint
 from minisynth.data import load_data
+from minisynth.optim import lr_schedule
 from minisynth.train import TrainConfig, evaluate, train
 
 KINDS = [
@@ -237,7 +238,74 @@ def late_improvement(out, kinds, seed):
     return drops
 
 
-def findings(table, rows, out, tokens):
+def attention_stats_lines(fig_dir):
+    """A table of the compared maps' statistics (viz's stats.json), with the uniform reference."""
+    path = fig_dir / "stats.json"
+    if not path.exists():
+        return []
+    stats = json.loads(path.read_text())
+    T = stats["input"]["bytes"]
+    uniform_entropy = float(np.mean(np.log(np.arange(1, T + 1))))  # causal row i sees i + 1 keys
+    uniform_distance = float(np.mean(np.arange(T) / 2))  # mean |i - j| over j <= i
+    lines = [
+        f"Statistics of these maps (means over the heads of layer {stats['models'][0]['layer']}, "
+        f"from `figures/stats.json`; a uniform causal map over these {T} bytes has entropy "
+        f"{uniform_entropy:.2f} nats and mean distance {uniform_distance:.1f}):",
+        "",
+        "| attention | entropy (nats) | mean distance | mass on previous byte | mass on itself |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for model in stats["models"]:
+        heads = model["heads"]
+
+        def mean(key, heads=heads):
+            vals = [h[key] for h in heads if h[key] is not None]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        lines.append(
+            f"| {model['attention']} | {mean('entropy_nats'):.2f} | {mean('distance'):.1f} | "
+            f"{mean('previous'):.2f} | {mean('diagonal'):.2f} |"
+        )
+    return lines
+
+
+def random_logit_budget(out, steps):
+    """(sum of the learning rates, mean visible logit range of R) for the seed-0 `random` model.
+
+    Adam moves each parameter by about the learning rate per step at most, and each
+    entry of a Random synthesizer's R is a parameter of its own: the sum of the
+    learning rates bounds how far any logit can travel from its initial value.
+    """
+    path = run_dir(out, "random", SEEDS[0]) / "checkpoint.npz"
+    if not path.exists():
+        return None
+    total_lr = sum(
+        lr_schedule(
+            step,
+            max_lr=SCHEDULE["lr"],
+            warmup_steps=SCHEDULE["warmup_steps"],
+            total_steps=steps,
+            min_lr=SCHEDULE["min_lr"],
+        )
+        for step in range(steps)
+    )
+    trained, _ = load_checkpoint(path)
+    initial = SynthesizerLM(trained.config, seed=SEEDS[0])  # as train() initialised it
+    return total_lr, visible_logit_range(initial), visible_logit_range(trained)
+
+
+def visible_logit_range(model):
+    """Mean over layers, heads and causal rows i >= 1 of max - min of R[h, i, :i+1]."""
+    ranges = []
+    for name, R in model.params.items():
+        if name.endswith(".R"):  # (H, L, L)
+            for i in range(1, R.shape[1]):  # causal row i sees keys 0..i
+                visible = R[:, i, : i + 1]  # (H, i + 1)
+                ranges.extend(visible.max(axis=1) - visible.min(axis=1))
+    return float(np.mean(ranges))
+
+
+def findings(table, rows, out, tokens, steps):
     """The discussion's claims, each computed from the table (no canned verdicts)."""
     lines = []
     n_agree = sum(r[2] for r in rows)
@@ -313,6 +381,19 @@ def findings(table, rows, out, tokens):
             if lo > 0
             else f"**Budget.** Between steps {s0} and {s1} (seed {SEEDS[0]}) the change in "
             f"validation BPC ranged from {-hi:+.3f} to {-lo:+.3f}."
+        )
+        lines.append("")
+    budget = random_logit_budget(out, steps)
+    if budget is not None:
+        total_lr, spread_init, spread = budget
+        lines.append(
+            f"**Random's learning budget.** Adam moves each parameter by at most about the "
+            f"learning rate per step, and every entry of R is its own parameter: over this "
+            f"schedule the learning rates sum to {total_lr:.2f}, so no logit of R can travel "
+            f"much further than that from its initial value. In the trained `random` model "
+            f"(seed {SEEDS[0]}) the mean range (max - min) of a row's visible logits is "
+            f"{spread:.2f}, against {spread_init:.2f} at initialisation. Dot-product and "
+            "Dense logits are products of trained weights and inputs, and can grow much faster."
         )
         lines.append("")
     lines.append(
@@ -404,6 +485,8 @@ def write_report(out, results, report, command):
         "Attention maps of the last layer of each seed-0 model on the same text "
         f"(`{COMPARE_TEXT}`): ![maps](figures/compare.png)",
         "",
+        *attention_stats_lines(fig_dir),
+        "",
         "## Discussion",
         "",
         "Ordering here (best first, by mean validation BPC): "
@@ -425,7 +508,7 @@ def write_report(out, results, report, command):
         lines.append(
             f"| {a} | {b} | {'yes' if agrees else 'no'} | {gap:+.3f} | {'yes' if noisy else 'no'} |"
         )
-    lines += ["", *findings(table, rows, out, results[0]["tokens"]), ""]
+    lines += ["", *findings(table, rows, out, results[0]["tokens"], results[0]["steps"]), ""]
     text = "\n".join(lines)
     rel = os.path.relpath(fig_dir, report.parent)
     report.write_text(text.replace("](figures/", f"]({rel}/"))

@@ -73,6 +73,11 @@ def test_report_numbers_are_the_runs_numbers(finished_sweep):
         path = out / "figures" / figure
         assert path.stat().st_size > 1000, figure
         assert f"{figure})" in report
+    # the map statistics are the plotting command's stats.json, averaged over heads
+    stats = json.loads((out / "figures" / "stats.json").read_text())
+    for model in stats["models"]:
+        entropy = np.mean([h["entropy_nats"] for h in model["heads"]])
+        assert f"| {model['attention']} | {entropy:.2f} |" in report
     assert "Command: `python benchmarks/reproduce.py --smoke" in report
     assert re.search(r"Timings: minisynth commit \S+, numba backend", report)
 
