@@ -277,8 +277,9 @@ def random_logit_budget(out, steps):
     learning rates bounds how far any logit can travel from its initial value.
     """
     path = run_dir(out, "random", SEEDS[0]) / "checkpoint.npz"
+    saved = out / "figures" / "random_logit_budget.json"  # committed; checkpoints are not
     if not path.exists():
-        return None
+        return tuple(json.loads(saved.read_text())) if saved.exists() else None
     total_lr = sum(
         lr_schedule(
             step,
@@ -291,7 +292,10 @@ def random_logit_budget(out, steps):
     )
     trained, _ = load_checkpoint(path)
     initial = SynthesizerLM(trained.config, seed=SEEDS[0])  # as train() initialised it
-    return total_lr, visible_logit_range(initial), visible_logit_range(trained)
+    budget = (total_lr, visible_logit_range(initial), visible_logit_range(trained))
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(budget))
+    return budget
 
 
 def visible_logit_range(model):
@@ -441,7 +445,10 @@ def write_report(out, results, report, command):
     seed0 = [run_dir(out, k, SEEDS[0]) for k in table if run_dir(out, k, SEEDS[0]).exists()]
     viz.curves_for_runs([str(d) for d in seed0], str(fig_dir / "curves.png"))
     maps = [str(d / "checkpoint.npz") for d in seed0 if (d / "checkpoint.npz").exists()]
-    if len(maps) >= 2:
+    # checkpoints are not committed: from a clean clone, keep the committed maps rather
+    # than redraw them for fewer models
+    complete = len(maps) == len(seed0)
+    if len(maps) >= 2 and (complete or not (fig_dir / "stats.json").exists()):
         viz.compare_checkpoints(maps, viz.encode_text(COMPARE_TEXT), fig_dir, log=lambda *a: None)
 
     order = sorted(table, key=lambda k: table[k]["val_mean"])

@@ -107,3 +107,18 @@ def test_report_only_without_runs_says_so(tmp_path):
     proc, _ = sweep(tmp_path, "--report-only")
     assert proc.returncode != 0
     assert "no finished runs" in proc.stderr
+
+
+def test_a_clean_clone_regenerates_the_same_report(finished_sweep, tmp_path):
+    # what is committed: result.json, metrics.jsonl, figures; not the checkpoints
+    src_tmp, out = finished_sweep
+    clone = tmp_path / "results"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("*.npz"))
+    proc, _ = sweep(tmp_path, "--report-only")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list(clone.glob("runs/*/checkpoint.npz"))  # nothing was retrained
+
+    def body(path):  # all but the Command line, which names the report's path
+        return [line for line in path.read_text().splitlines() if not line.startswith("Command")]
+
+    assert body(tmp_path / "RESULTS.md") == body(src_tmp / "RESULTS.md")
