@@ -118,7 +118,8 @@ def test_a_clean_clone_regenerates_the_same_report(finished_sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not list(clone.glob("runs/*/checkpoint.npz"))  # nothing was retrained
 
-    def body(path):  # all but the Command line, which names the report's path
-        return [line for line in path.read_text().splitlines() if not line.startswith("Command")]
+    def body(path):  # all but the two lines that name the output paths
+        lines = path.read_text().splitlines()
+        return [line for line in lines if not line.startswith(("Command", "Generated"))]
 
     assert body(tmp_path / "RESULTS.md") == body(src_tmp / "RESULTS.md")
