@@ -701,6 +701,25 @@ def build_report(args, configs, results, info):
 
 
 # -------------------------------------------------------------------------- main
+MARKDOWN_PREAMBLE = """# Benchmarks
+
+Written by `{command}` (PyTorch columns: `pip install ".[bench]"`; on the
+development machine, `pip install torch==2.13.0`, a CPU build).
+
+Each path runs in its own process and the three paths are interleaved step by
+step, so load changes hit them alike. The spread column (max/min - 1 over the
+repeats) shows how noisy a shared 2-core machine is: read ratios within about
+10% as ties.
+
+"""
+
+
+def command_line(argv):
+    """The command that produced this report, as a user would type it."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python benchmarks/bench_train.py", *args])
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="bench,long", help="comma list of: bench, long")
@@ -891,7 +910,9 @@ def main(argv=None):
     print()
     print(report)
     if args.markdown:
-        args.markdown.write_text(report + "\n")
+        args.markdown.write_text(
+            MARKDOWN_PREAMBLE.format(command=command_line(argv)) + report + "\n"
+        )
         print(f"wrote {args.markdown}")
 
 
