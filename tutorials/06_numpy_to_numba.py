@@ -30,9 +30,7 @@
 
 # %%
 import cProfile
-import ctypes
 import os
-import platform
 import pstats
 import time
 from pathlib import Path
@@ -42,7 +40,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import minisynth
-from minisynth import ModelConfig, SynthesizerLM, get_backend, kernels, layers, use_backend
+from minisynth import (
+    ModelConfig,
+    SynthesizerLM,
+    allocator,
+    get_backend,
+    kernels,
+    layers,
+    use_backend,
+)
 from minisynth.data import get_batch, load_data
 from minisynth.gradcheck import numerical_gradient_array, rel_error
 
@@ -735,22 +741,26 @@ for label, times in step_ms_default.items():
 #
 # glibc lets a program raise that threshold and keep freed memory for reuse
 # (`mallopt`, or the environment variables `MALLOC_MMAP_THRESHOLD_` and
-# `MALLOC_TRIM_THRESHOLD_` set before Python starts). We call `mallopt`
-# through `ctypes` and time the same steps again. **This changes the
-# allocator of this Python process for good** (restart the kernel to undo it),
-# which is why it comes last. On other C libraries (macOS, Windows, musl) the
+# `MALLOC_TRIM_THRESHOLD_` set before Python starts).
+# `minisynth.allocator.reuse_freed_memory()` makes the two `mallopt` calls
+# through `ctypes` (the `minisynth` command does the same at start-up); we call
+# it and time the same steps again. **This changes the allocator of this Python
+# process for good** (restart the kernel to undo it), which is why it comes
+# last. On other C libraries (macOS, Windows, musl) it returns False and the
 # cell only says so.
 
 # %%
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # the option numbers of glibc's malloc.h
-if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-    libc = ctypes.CDLL(None)
-    ok = libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)  # blocks up to 32 MiB come from the heap
-    ok &= libc.mallopt(M_TRIM_THRESHOLD, 2**30)  # keep up to 1 GiB of freed heap for reuse
-    step_ms_tuned = time_steps() if ok else {}
+# mallopt(M_MMAP_THRESHOLD, 32 MiB): blocks up to 32 MiB come from the heap;
+# mallopt(M_TRIM_THRESHOLD, 1 GiB): keep up to 1 GiB of freed heap for reuse
+print(
+    f"mmap threshold {allocator.MMAP_THRESHOLD_BYTES / 2**20:.0f} MiB, "
+    f"trim threshold {allocator.TRIM_THRESHOLD_BYTES / 2**30:.0f} GiB"
+)
+if allocator.reuse_freed_memory():
+    step_ms_tuned = time_steps()
 else:
     step_ms_tuned = {}
-    print("not glibc: the allocator experiment is skipped")
+    print("not glibc (or MINISYNTH_MALLOC=default): the allocator experiment is skipped")
 for label, times in step_ms_tuned.items():
     before = step_ms_default[label]
     print(f"{label}: " + ", ".join(f"{k} {before[k]:.2f} -> {v:.2f} ms" for k, v in times.items()))
