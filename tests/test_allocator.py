@@ -17,10 +17,12 @@ import numpy as np
 from minisynth.allocator import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "tuned" else None
 a = np.ones(3_000_000, np.float32); del a  # the first use may fault in any case
+big = 10_000_000  # 40 MB: above the largest mmap threshold glibc accepts (32 MiB)
+a = np.ones(big, np.float32); del a
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(40):  # two 12 MB temporaries per "step", as a training loop makes
+for _ in range(40):  # 12 MB and 40 MB temporaries per "step", as a training loop makes
     a = np.ones(3_000_000, np.float32)
-    b = np.ones(3_000_000, np.float32)
+    b = np.ones(big, np.float32)
     del a, b
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """

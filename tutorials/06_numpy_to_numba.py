@@ -739,8 +739,8 @@ for label, times in step_ms_default.items():
 # levels from one run to the next, and why the profile of section 1 showed
 # elementwise functions so high.
 #
-# glibc lets a program raise that threshold and keep freed memory for reuse
-# (`mallopt`, or the environment variables `MALLOC_MMAP_THRESHOLD_` and
+# glibc lets a program serve every block from the heap and keep freed memory
+# for reuse (`mallopt`, or the environment variables `MALLOC_MMAP_MAX_` and
 # `MALLOC_TRIM_THRESHOLD_` set before Python starts).
 # `minisynth.allocator.reuse_freed_memory()` makes the two `mallopt` calls
 # through `ctypes` (the `minisynth` command does the same at start-up); we call
@@ -750,10 +750,10 @@ for label, times in step_ms_default.items():
 # cell only says so.
 
 # %%
-# mallopt(M_MMAP_THRESHOLD, 32 MiB): blocks up to 32 MiB come from the heap;
+# mallopt(M_MMAP_MAX, 0): no block gets its own mmap, even the large ones;
 # mallopt(M_TRIM_THRESHOLD, 1 GiB): keep up to 1 GiB of freed heap for reuse
 print(
-    f"mmap threshold {allocator.MMAP_THRESHOLD_BYTES / 2**20:.0f} MiB, "
+    f"mmap'd blocks at most {allocator.MMAP_MAX_BLOCKS}, "
     f"trim threshold {allocator.TRIM_THRESHOLD_BYTES / 2**30:.0f} GiB"
 )
 if allocator.reuse_freed_memory():
