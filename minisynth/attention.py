@@ -114,21 +114,22 @@ class Vanilla(Component):
         return {"Wq": (C, C), "bq": (C,), "Wk": (C, C), "bk": (C,)}
 
     def forward(self, p, x):
-        q_flat, q_cache = layers.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
-        k_flat, k_cache = layers.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
+        q_flat, q_cache = op("linear_forward")(x, p["Wq"], p["bq"])  # (B,T,C)
+        k_flat, k_cache = op("linear_forward")(x, p["Wk"], p["bk"])  # (B,T,C)
         q = split_heads(q_flat, self.H)  # (B,H,T,hs)
         k = split_heads(k_flat, self.H)  # (B,H,T,hs)
         scale = 1.0 / math.sqrt(self.hs)
-        S = (q @ k.swapaxes(-1, -2)) * scale  # (B,H,T,T)
+        S = op("matmul")(q, k.swapaxes(-1, -2))  # (B,H,T,T)
+        S *= scale  # in place: S is fresh
         return S, (q, k, q_cache, k_cache, scale)
 
     def backward(self, dS, cache):
         q, k, q_cache, k_cache, scale = cache
         # S = q k^T * scale
-        dq = (dS @ k) * scale  # (B,H,T,hs)
-        dk = (dS.swapaxes(-1, -2) @ q) * scale  # (B,H,T,hs)
-        dx_q, dWq, dbq = layers.linear_backward(merge_heads(dq), q_cache)
-        dx_k, dWk, dbk = layers.linear_backward(merge_heads(dk), k_cache)
+        dq = op("matmul")(dS, k) * scale  # (B,H,T,hs)
+        dk = op("matmul")(dS.swapaxes(-1, -2), q) * scale  # (B,H,T,hs)
+        dx_q, dWq, dbq = op("linear_backward")(merge_heads(dq), q_cache)
+        dx_k, dWk, dbk = op("linear_backward")(merge_heads(dk), k_cache)
         return dx_q + dx_k, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
 
 
@@ -136,7 +137,7 @@ class _DenseHidden(Component):
     """The per-token hidden layer shared by dense kinds: hid = relu(x W1 + b1) in heads."""
 
     def hidden_forward(self, p, x):
-        pre, lin_cache = layers.linear_forward(x, p["W1"], p["b1"])  # (B,T,C)
+        pre, lin_cache = op("linear_forward")(x, p["W1"], p["b1"])  # (B,T,C)
         hid_flat, relu_cache = layers.relu_forward(pre)  # (B,T,C)
         return split_heads(hid_flat, self.H), (lin_cache, relu_cache)  # (B,H,T,hs)
 
@@ -144,7 +145,7 @@ class _DenseHidden(Component):
         lin_cache, relu_cache = hidden_cache
         # hid = relu(x W1 + b1)
         dpre = layers.relu_backward(merge_heads(dhid), relu_cache)  # (B,T,C)
-        dx, dW1, db1 = layers.linear_backward(dpre, lin_cache)
+        dx, dW1, db1 = op("linear_backward")(dpre, lin_cache)
         return dx, {"W1": dW1, "b1": db1}
 
 
@@ -165,7 +166,7 @@ class Dense(_DenseHidden):
         T = x.shape[1]
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
         W2 = p["W2"][:, :, :T]  # (H,hs,T) only the first T logit columns are used
-        S = hid @ W2[None]  # (B,H,T,T)
+        S = op("matmul")(hid, W2[None])  # (B,H,T,T)
         S += p["b2"][None, :, None, :T]  # in place: S is a fresh (B,H,T,T), no second copy
         return S, (hid, W2, hidden_cache)
 
@@ -176,10 +177,10 @@ class Dense(_DenseHidden):
         dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
         # sum over b of per-(b, h) products: the (B,H,hs,T) partials are small, while
         # regrouping dS to one (B*T, T) matrix per head would copy all of it
-        dW2[:, :, :T] = (hid.swapaxes(-1, -2) @ dS).sum(axis=0)
+        dW2[:, :, :T] = op("matmul")(hid.swapaxes(-1, -2), dS).sum(axis=0)
         db2 = np.zeros((H, self.L), dtype=dS.dtype)  # (H,L)
         db2[:, :T] = dS.sum(axis=(0, 2))
-        dhid = dS @ W2.swapaxes(-1, -2)[None]  # (B,H,T,hs)
+        dhid = op("matmul")(dS, W2.swapaxes(-1, -2)[None])  # (B,H,T,hs)
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {**grads, "W2": dW2, "b2": db2}
 
@@ -474,7 +475,7 @@ class Attention:
         """x (B,T,C) -> (y (B,T,C), cache); ``cache.probs`` is (B,H,T,T)."""
         self._check_input(x)
         p = self.params
-        v_flat, v_cache = layers.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
+        v_flat, v_cache = op("linear_forward")(x, p["Wv"], p["bv"])  # (B,T,C)
         v = split_heads(v_flat, self.H)  # (B,H,T,hs)
 
         logits, caches = [], []
@@ -490,7 +491,7 @@ class Attention:
             S = logits[0]  # (B,H,T,T) or (H,T,T)
 
         o, probs = op("attention_core_forward")(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
-        y, o_cache = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
+        y, o_cache = op("linear_forward")(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
         cache = AttentionCache(probs, v, v_cache, o_cache, tuple(logits), tuple(caches), mix)
         return y, cache
 
@@ -501,13 +502,13 @@ class Attention:
             raise ValueError(f"dy has shape {dy.shape}, expected {cache.v_cache.x.shape}")
         grads = {}
         # y = o @ Wo + bo
-        do_flat, grads["Wo"], grads["bo"] = layers.linear_backward(dy, cache.o_cache)
+        do_flat, grads["Wo"], grads["bo"] = op("linear_backward")(dy, cache.o_cache)
         do = split_heads(do_flat, self.H)  # (B,H,T,hs)
         shared = all(c.shared for c in self.components)
         # o = softmax(mask(S)) @ v
         dS, dv = op("attention_core_backward")(do, cache.probs, cache.v, shared)
         # v = x @ Wv + bv
-        dx, grads["Wv"], grads["bv"] = layers.linear_backward(merge_heads(dv), cache.v_cache)
+        dx, grads["Wv"], grads["bv"] = op("linear_backward")(merge_heads(dv), cache.v_cache)
 
         if self.mixture:
             mix = cache.mix_weights  # (H,N)

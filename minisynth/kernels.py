@@ -7,8 +7,10 @@ return types (the same NamedTuple caches) of its NumPy twin in
 ``cross_entropy_forward_backward``, the fused loss and gradient. A public function is a
 thin Python wrapper: it runs the twin's checks, views the data as a C-contiguous
 2-D ``(N, C)`` (or flat) array and calls a jitted inner function that does the
-arithmetic. The twins are the ground truth; ``tests/test_kernels.py`` holds the
-kernels to them.
+arithmetic. The exceptions are :data:`BLAS_TWINS`: matrix products, where the
+fast path is not Numba but BLAS split over threads (:mod:`minisynth.blas`).
+The twins are the ground truth; ``tests/test_kernels.py`` holds the kernels
+to them.
 
 Conventions
 -----------
@@ -49,6 +51,7 @@ from numba.core.errors import NumbaError
 
 from . import backend, layers, optim
 from ._validate import check_float_array, check_int_array, check_shape
+from .blas import threaded_matmul
 from .layers import (
     GELU_CUBIC,
     GELU_SCALE,
@@ -70,7 +73,11 @@ __all__ = [
     "adamw_update",
     "attention_core_forward",
     "attention_core_backward",
+    "matmul",
+    "linear_forward",
+    "linear_backward",
 ]
+BLAS_TWINS = ("matmul", "linear_forward", "linear_backward")  # no jitted code of their own
 
 # ------------------------------------------------------------------- jit options
 # The one place for jit options. fastmath flags, spelled out because
@@ -615,14 +622,14 @@ def attention_core_forward(S, v, causal):
     shared = S.ndim == 3
     check_shape("S", S, (H, T, T) if shared else (B, H, T, T))
     if shared:  # one (H,T,T) softmax and a batched BLAS matmul: nothing per batch to fuse
-        return layers.attention_core_forward(S, v, causal)
+        return layers.shared_attention_core_forward(threaded_matmul, S, v, causal)
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     # three passes over one buffer: shifted logits, NumPy's SIMD exp in place (see
     # the module docstring), then divide by the row sums
     _attention_shift_rows(np.ascontiguousarray(S), bool(causal), probs)
     np.exp(probs, out=probs)
     _attention_normalise_rows(bool(causal), probs)
-    o = probs @ v  # (B,H,T,hs)
+    o = threaded_matmul(probs, v)  # (B,H,T,hs)
     return o, probs
 
 
@@ -652,9 +659,45 @@ def attention_core_backward(do, probs, v, shared):
     check_shape("do", do, v.shape)
     check_shape("probs", probs, (B, H, T, T))
     if shared:  # dP summed over the batch by one BLAS matmul per head; see the twin
-        return layers.attention_core_backward(do, probs, v, shared)
+        return layers.shared_attention_core_backward(threaded_matmul, do, probs, v)
     # o = P @ v
-    dS = do @ v.swapaxes(-1, -2)  # (B,H,T,T) dP for now: a fresh array, turned into dS in place
-    dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+    dS = threaded_matmul(do, v.swapaxes(-1, -2))  # (B,H,T,T) dP for now: fresh, made dS in place
+    dv = threaded_matmul(probs.swapaxes(-1, -2), do)  # (B,H,T,hs)
     _softmax_backward_rows(np.ascontiguousarray(probs), dS)
     return dS, dv
+
+
+# ------------------------------------------------------------ matrix products
+# The twins call np.matmul; these split the batch (or the rows) over threads with
+# NumPy's BLAS single-threaded in each, which is where attention's many small
+# products gain on 2 cores (see minisynth.blas). Same BLAS calls per output
+# matrix, so the same numbers.
+
+
+def _twin_of(reference):
+    """Decorate a non-jitted twin: record its NumPy reference, as ``_falls_back_to`` does."""
+
+    def decorate(fn):
+        fn.reference = reference
+        return fn
+
+    return decorate
+
+
+@_twin_of(layers.matmul)
+def matmul(a, b):
+    """Twin of :func:`minisynth.layers.matmul`, split over threads (:mod:`minisynth.blas`)."""
+    layers.check_matmul_inputs(a, b)
+    return threaded_matmul(a, b)  # (..., m, n)
+
+
+@_twin_of(layers.linear_forward)
+def linear_forward(x, W, b):
+    """Twin of :func:`minisynth.layers.linear_forward`, its GEMM split over threads."""
+    return layers.linear_forward_with(threaded_matmul, x, W, b)
+
+
+@_twin_of(layers.linear_backward)
+def linear_backward(dout, cache):
+    """Twin of :func:`minisynth.layers.linear_backward`, its GEMMs split over threads."""
+    return layers.linear_backward_with(threaded_matmul, dout, cache)

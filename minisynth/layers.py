@@ -37,6 +37,35 @@ GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
 
+# ----------------------------------------------------------------------------- matmul
+def check_matmul_inputs(a, b):
+    """Checks shared by both matmul backends: float matrices (or stacks) of one dtype that fit."""
+    check_float_array("a", a, min_ndim=2)
+    check_float_array("b", b, min_ndim=2, dtype=a.dtype)
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(
+            f"a {a.shape} @ b {b.shape}: a has {a.shape[-1]} columns but b has {b.shape[-2]} rows"
+        )
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ValueError(
+            f"a {a.shape} @ b {b.shape}: batch dimensions {a.shape[:-2]} and {b.shape[:-2]} "
+            "do not broadcast"
+        ) from None
+
+
+def matmul(a, b):
+    """a (..., m, k) @ b (..., k, n) -> (..., m, n), leading dimensions broadcast.
+
+    The products of attention and of the linear layers go through
+    ``op("matmul")``: here it is NumPy's matmul; the Numba backend's twin
+    (:mod:`minisynth.blas`) splits the batch over threads for the same result.
+    """
+    check_matmul_inputs(a, b)
+    return np.matmul(a, b)  # (..., m, n)
+
+
 # ----------------------------------------------------------------------------- linear
 class LinearCache(NamedTuple):
     x: np.ndarray  # (..., D)
@@ -45,6 +74,16 @@ class LinearCache(NamedTuple):
 
 def linear_forward(x, W, b):
     """out = x @ W + b with W shaped (in, out)."""
+    return linear_forward_with(np.matmul, x, W, b)
+
+
+def linear_backward(dout, cache):
+    """Returns (dx, dW, db)."""
+    return linear_backward_with(np.matmul, dout, cache)
+
+
+def linear_forward_with(matmul, x, W, b):
+    """:func:`linear_forward` with its GEMM done by ``matmul(a, b)`` (both backends share it)."""
     check_float_array("W", W, ndim=2)
     check_float_array("x", x, min_ndim=1, dtype=W.dtype)
     check_float_array("b", b, ndim=1, dtype=W.dtype)
@@ -53,20 +92,21 @@ def linear_forward(x, W, b):
         raise ValueError(f"x has last dimension {x.shape[-1]} but W expects {D} input features")
     check_shape("b", b, (F,))
     # one (N, D) @ (D, F) GEMM: a 3-D @ 2-D matmul would call BLAS once per batch row
-    out = (x.reshape(-1, D) @ W).reshape(x.shape[:-1] + (F,)) + b  # (..., F)
+    out = matmul(x.reshape(-1, D), W).reshape(x.shape[:-1] + (F,))  # (..., F)
+    out += b  # in place: out is a fresh array
     return out, LinearCache(x, W)
 
 
-def linear_backward(dout, cache):
-    """Returns (dx, dW, db)."""
+def linear_backward_with(matmul, dout, cache):
+    """:func:`linear_backward` with its GEMMs done by ``matmul(a, b)``."""
     x, W = cache
     check_float_array("dout", dout, dtype=W.dtype)
     check_shape("dout", dout, x.shape[:-1] + (W.shape[1],))
     # out = x @ W + b
     x2 = x.reshape(-1, W.shape[0])  # (N, D)
     dout2 = dout.reshape(-1, W.shape[1])  # (N, F)
-    dx = (dout2 @ W.T).reshape(x.shape)  # (..., D)
-    dW = x2.T @ dout2  # (D, F)
+    dx = matmul(dout2, W.T).reshape(x.shape)  # (..., D)
+    dW = matmul(x2.T, dout2)  # (D, F)
     db = dout2.sum(axis=0)  # (F,)
     return dx, dW, db
 
@@ -232,11 +272,8 @@ def attention_core_forward(S, v, causal):
     logits give the same P for every batch element: it is computed once per head
     and returned as a read-only broadcast view.
     """
-    B, H, T, _ = v.shape
     if S.ndim == 3:
-        probs_h, _ = softmax_forward(S, causal=causal)  # (H,T,T) once, not B times
-        o = probs_h @ v  # (B,H,T,hs) broadcast over the batch
-        return o, np.broadcast_to(probs_h, (B, H, T, T))
+        return shared_attention_core_forward(np.matmul, S, v, causal)
     probs, _ = softmax_forward(S, causal=causal)  # (B,H,T,T)
     o = probs @ v  # (B,H,T,hs)
     return o, probs
@@ -248,22 +285,35 @@ def attention_core_backward(do, probs, v, shared):
     When ``shared``, every probs[b] equals probs[0]; the softmax backward is linear
     in dP for a fixed P, so summing dP over the batch first gives the same dS.
     """
-    B, H, T, hs = v.shape
     if shared:
-        probs_h = probs[0]  # (H,T,T)
-        # o[b] = P @ v[b]:  dP = sum_b do[b] v[b]^T, one (T, B*hs) @ (B*hs, T) matmul per head
-        do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-        v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-        dprobs = do_h @ v_h.swapaxes(-1, -2)  # (H,T,T)
-        dv = probs_h.swapaxes(-1, -2) @ do  # (B,H,T,hs)
-        # P = softmax(mask(S))
-        dS = softmax_backward(dprobs, SoftmaxCache(probs_h))  # (H,T,T)
-        return dS, dv
+        return shared_attention_core_backward(np.matmul, do, probs, v)
     # o = P @ v
     dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
     dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
     # P = softmax(mask(S))
     dS = softmax_backward(dprobs, SoftmaxCache(probs))  # (B,H,T,T)
+    return dS, dv
+
+
+def shared_attention_core_forward(matmul, S, v, causal):
+    """:func:`attention_core_forward` for shared logits S (H,T,T), products by ``matmul``."""
+    B, H, T, _ = v.shape
+    probs_h, _ = softmax_forward(S, causal=causal)  # (H,T,T) once, not B times
+    o = matmul(probs_h, v)  # (B,H,T,hs) broadcast over the batch
+    return o, np.broadcast_to(probs_h, (B, H, T, T))
+
+
+def shared_attention_core_backward(matmul, do, probs, v):
+    """:func:`attention_core_backward` for shared probs, products by ``matmul``: dS is (H,T,T)."""
+    B, H, T, hs = v.shape
+    probs_h = probs[0]  # (H,T,T)
+    # o[b] = P @ v[b]:  dP = sum_b do[b] v[b]^T, one (T, B*hs) @ (B*hs, T) matmul per head
+    do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+    v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+    dprobs = matmul(do_h, v_h.swapaxes(-1, -2))  # (H,T,T)
+    dv = matmul(probs_h.swapaxes(-1, -2), do)  # (B,H,T,hs)
+    # P = softmax(mask(S))
+    dS = softmax_backward(dprobs, SoftmaxCache(probs_h))  # (H,T,T)
     return dS, dv
 
 

@@ -195,13 +195,13 @@ class SynthesizerLM:
             a_out, attn_cache = attn.forward(a_in)  # (B,T,C)
             x = x + a_out  # (B,T,C)
             m_in, ln2 = op("layernorm_forward")(x, p[pre + "ln2.g"], p[pre + "ln2.b"])  # (B,T,C)
-            h, fc = layers.linear_forward(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
+            h, fc = op("linear_forward")(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
             hg, gelu = op("gelu_forward")(h)  # (B,T,4C)
-            m_out, proj = layers.linear_forward(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
+            m_out, proj = op("linear_forward")(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
             x = x + m_out  # (B,T,C)
             block_caches.append(BlockCache(ln1, attn_cache, ln2, fc, gelu, proj))
         xf, ln_f = op("layernorm_forward")(x, p["ln_f.g"], p["ln_f.b"])  # (B,T,C)
-        logits = xf @ p["wte"].T  # (B,T,V)
+        logits = op("matmul")(xf, p["wte"].T)  # (B,T,V)
         return logits, ModelCache(idx, tuple(block_caches), ln_f, xf)
 
     def forward(self, idx):
@@ -242,17 +242,17 @@ class SynthesizerLM:
         # loss = mean cross-entropy(logits, targets)
         dlogits = op("cross_entropy_backward")(1.0, ce)  # (B,T,V)
         # logits = xf @ wte^T  (the first use of the tied embedding)
-        dxf = dlogits @ p["wte"]  # (B,T,C)
-        dwte = dlogits.reshape(-1, V).T @ cache.xf.reshape(-1, C)  # (V,C)
+        dxf = op("matmul")(dlogits, p["wte"])  # (B,T,C)
+        dwte = op("matmul")(dlogits.reshape(-1, V).T, cache.xf.reshape(-1, C))  # (V,C)
         # xf = ln_f(x)
         dx, grads["ln_f.g"], grads["ln_f.b"] = op("layernorm_backward")(dxf, cache.ln_f)
         for i in reversed(range(len(self.attn))):
             pre = f"blocks.{i}."
             bc = cache.blocks[i]
             # x = x + gelu(ln2(x) @ W1 + b1) @ W2 + b2
-            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = layers.linear_backward(dx, bc.proj)
+            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = op("linear_backward")(dx, bc.proj)
             dh = op("gelu_backward")(dhg, bc.gelu)  # (B,T,4C)
-            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = layers.linear_backward(dh, bc.fc)
+            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = op("linear_backward")(dh, bc.fc)
             dx_ln2, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = op("layernorm_backward")(
                 dm_in, bc.ln2
             )

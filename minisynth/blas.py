@@ -1,0 +1,204 @@
+"""Batched matrix products split over Python threads, NumPy's BLAS single-threaded in each.
+
+Attention multiplies B*H small matrices at a time (q @ k^T is 128 products of
+256 x 32 by 32 x 256 at the benchmark size). ``np.matmul`` loops over them and
+calls OpenBLAS once per matrix; OpenBLAS splits every one of those small
+products over its threads and synchronises them each time, so on 2 cores a
+batched product is hardly faster than on one (measured: 10.0 ms on 2 threads,
+10.7 ms on 1). Splitting the *batch* instead, each Python thread running its
+share through single-threaded BLAS (``np.matmul`` releases the GIL while it
+computes), takes 6.4 ms (``python benchmarks/bench_kernels.py``).
+
+OpenBLAS's thread count is a process-wide setting, so :func:`threaded_matmul`
+lowers it to 1 only while a split product runs, under a lock, and restores it
+after (a pair of calls costs about 1 microsecond). The number of threads used
+is OpenBLAS's own count, so ``OPENBLAS_NUM_THREADS=1`` turns splitting off.
+
+When NumPy's BLAS is not an OpenBLAS whose thread count this module can find
+(another BLAS, an unusual build, a platform without the library files it looks
+for), :func:`threaded_matmul` is plain ``np.matmul``: same results, no
+splitting. Each output matrix is computed by one BLAS call either way, so the
+split changes no result bit (tested).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+
+# Below this many multiply-adds a split costs more (thread hand-off, ~50 us) than it saves.
+MIN_SPLIT_WORK = 1 << 20
+# Symbol pairs (set, get) NumPy's bundled OpenBLAS may export, newest naming first.
+_THREAD_SYMBOLS = [
+    (f"{prefix}set_num_threads{suffix}", f"{prefix}get_num_threads{suffix}")
+    for prefix in ("scipy_openblas_", "openblas_")
+    for suffix in ("64_", "")
+]
+
+
+class OpenBLAS:
+    """NumPy's OpenBLAS library: its file, config string and thread-count functions."""
+
+    def __init__(self, path, set_threads, get_threads, config):
+        self.path = path
+        self.config = config  # e.g. "OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH ..."
+        self._set = set_threads
+        self._get = get_threads
+
+    def get_num_threads(self):
+        return int(self._get())
+
+    def set_num_threads(self, n):
+        self._set(int(n))
+
+
+def _numpy_library_dirs():
+    """Where NumPy wheels keep their bundled shared libraries (Linux, macOS, Windows)."""
+    package = os.path.dirname(np.__file__)
+    return [package + ".libs", os.path.join(package, ".dylibs"), package]
+
+
+def _candidate_paths():
+    """OpenBLAS files of NumPy: those already loaded (from /proc/self/maps), else on disk."""
+    dirs = tuple(os.path.realpath(d) + os.sep for d in _numpy_library_dirs())
+    loaded = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "openblas" in path.lower() and os.path.realpath(path).startswith(dirs):
+                    loaded.append(path)  # scipy's own OpenBLAS lives elsewhere: not ours
+    except OSError:
+        pass
+    on_disk = [p for d in _numpy_library_dirs() for p in glob.glob(os.path.join(d, "*openblas*"))]
+    return list(dict.fromkeys(loaded + sorted(on_disk)))
+
+
+def _load_openblas():
+    for path in _candidate_paths():
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by NumPy: the same handle, no second copy
+        except OSError:
+            continue
+        for set_name, get_name in _THREAD_SYMBOLS:
+            set_threads = getattr(lib, set_name, None)
+            get_threads = getattr(lib, get_name, None)
+            if set_threads is None or get_threads is None:
+                continue
+            set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
+            get_threads.argtypes, get_threads.restype = [], ctypes.c_int
+            config = getattr(lib, get_name.replace("get_num_threads", "get_config"), None)
+            text = ""
+            if config is not None:
+                config.restype = ctypes.c_char_p
+                text = " ".join(config().decode(errors="replace").split())
+            return OpenBLAS(path, set_threads, get_threads, text)
+    return None
+
+
+_openblas = None
+_openblas_checked = False
+_split_lock = threading.Lock()  # one split product at a time owns the BLAS thread count
+_pool = None  # ThreadPoolExecutor with (threads - 1) workers; the caller is the last thread
+_pool_size = 0
+
+
+def numpy_openblas():
+    """NumPy's OpenBLAS (an :class:`OpenBLAS`), or None if it cannot be found."""
+    global _openblas, _openblas_checked
+    if not _openblas_checked:
+        _openblas_checked = True
+        _openblas = _load_openblas()
+    return _openblas
+
+
+def _reset_after_fork():
+    # a forked child has no pool threads, and the lock may have been held mid-split
+    global _pool, _pool_size, _split_lock
+    _pool, _pool_size, _split_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _workers(n):
+    global _pool, _pool_size
+    if _pool is None or _pool_size != n:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minisynth-matmul")
+        _pool_size = n
+    return _pool
+
+
+def _split_axis(shape, parts):
+    """The axis of the output ``shape`` to split: the longest batch axis, else rows, else columns.
+
+    None when no candidate has ``parts`` entries.
+    """
+    batch = shape[:-2]
+    if batch and max(batch) >= parts:
+        return int(np.argmax(batch))
+    for axis in (len(shape) - 2, len(shape) - 1):  # rows of a, then columns of b
+        if shape[axis] >= parts:
+            return axis
+    return None
+
+
+def threaded_matmul(a, b):
+    """``np.matmul(a, b)`` for 2-D or stacked matrices, split over threads.
+
+    a (..., m, k), b (..., k, n) with broadcastable leading dimensions; returns a
+    fresh (..., m, n) array equal to ``a @ b``. The split takes the longest batch
+    axis, or for plain matrices the rows of ``a`` (else the columns of ``b``), so
+    every output element is still one BLAS dot product over all of k. Splits only
+    when NumPy's OpenBLAS is found and set to more than one thread, no other
+    split is running, and the product is large enough to pay for the hand-off.
+    """
+    blas = numpy_openblas()
+    threads = blas.get_num_threads() if blas is not None else 1
+    if a.ndim < 2 or b.ndim < 2:
+        return np.matmul(a, b)  # vectors: nothing worth splitting
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    m, k = a.shape[-2:]
+    n = b.shape[-1]
+    shape = batch + (m, n)
+    axis = _split_axis(shape, threads)
+    if threads < 2 or axis is None or int(np.prod(shape)) * k < MIN_SPLIT_WORK:
+        return np.matmul(a, b)
+    if not _split_lock.acquire(blocking=False):  # another thread is splitting: not twice
+        return np.matmul(a, b)
+    try:
+        out = np.empty(shape, dtype=np.result_type(a, b))  # (..., m, n)
+        a = np.broadcast_to(a, batch + (m, k))  # (..., m, k) views: no copies
+        b = np.broadcast_to(b, batch + (k, n))  # (..., k, n)
+        bounds = np.linspace(0, shape[axis], threads + 1).astype(int)
+        pieces = []
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            part = (slice(None),) * axis + (slice(lo, hi),)  # of the output
+            if axis < len(batch):  # a batch axis: both operands follow
+                pieces.append((a[part], b[part], out[part]))
+            elif axis == len(batch):  # rows: a's rows, all of b
+                pieces.append((a[part], b, out[part]))
+            else:  # columns: all of a, b's columns
+                pieces.append((a, b[part], out[part]))
+        blas.set_num_threads(1)
+        try:
+            pool = _workers(threads - 1)
+            futures = [pool.submit(np.matmul, x, y, out=o) for x, y, o in pieces[1:]]
+            x, y, o = pieces[0]
+            np.matmul(x, y, out=o)  # the calling thread takes the first share
+            wait(futures)  # all shares done before the thread count is restored
+            for future in futures:
+                future.result()  # re-raises a worker's exception here
+        finally:
+            blas.set_num_threads(threads)
+        return out
+    finally:
+        _split_lock.release()
