@@ -8,7 +8,7 @@ return types (the same NamedTuple caches) of its NumPy twin in
 thin Python wrapper: it runs the twin's checks, views the data as a C-contiguous
 2-D ``(N, C)`` (or flat) array and calls a jitted inner function that does the
 arithmetic. The exceptions are :data:`BLAS_TWINS`: matrix products, where the
-fast path is not Numba but BLAS split over threads (:mod:`minisynth.blas`).
+fast path is not Numba but BLAS split over threads (:mod:`minisynth.parallel`).
 The twins are the ground truth; ``tests/test_kernels.py`` holds the kernels
 to them.
 
@@ -51,7 +51,6 @@ from numba.core.errors import NumbaError
 
 from . import backend, layers, optim
 from ._validate import check_float_array, check_int_array, check_shape
-from .blas import threaded_matmul
 from .layers import (
     GELU_CUBIC,
     GELU_SCALE,
@@ -60,6 +59,7 @@ from .layers import (
     GeluCache,
     LayerNormCache,
 )
+from .parallel import run_chunks, threaded_matmul
 
 __all__ = [
     "layernorm_forward",
@@ -91,7 +91,9 @@ BLAS_TWINS = ("matmul", "linear_forward", "linear_backward")  # no jitted code o
 FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}  # a set: Numba rejects frozenset
 # error_model="numpy": x / 0 gives inf/nan as in NumPy instead of a Python
 # ZeroDivisionError, which also keeps the division checks out of inner loops.
-JIT_OPTS = dict(nopython=True, cache=True, error_model="numpy", fastmath=FASTMATH_FLAGS)
+# nogil: the wrappers run kernels on chunks of rows in several Python threads at once
+# (minisynth.parallel.run_chunks); every kernel writes only its own rows.
+JIT_OPTS = dict(nopython=True, nogil=True, cache=True, error_model="numpy", fastmath=FASTMATH_FLAGS)
 # parallel=True does not pay on the 2-core target, so no kernel uses it (measured
 # by benchmarks/bench_kernels.py, which compiles the same functions with these
 # options): alone, 2 threads are up to 2x faster, but in a training step each
@@ -279,9 +281,8 @@ def _gelu_u_min(dtype):
 
 
 @jit(**JIT_OPTS)
-def _gelu_exp_arg(x, u_min):
-    """First pass: -2u of each element (u clamped at u_min), to be exp'ed in place: (size,)."""
-    arg = np.empty_like(x)  # (size,)
+def _gelu_exp_arg(x, u_min, arg):
+    """First pass: -2u of each element (u clamped at u_min) into ``arg`` (size,), to be exp'ed."""
     # constants in the dtype: a float64 constant would promote float32 math to float64
     scale = x.dtype.type(GELU_SCALE)
     cubic = x.dtype.type(GELU_CUBIC)
@@ -292,7 +293,6 @@ def _gelu_exp_arg(x, u_min):
         if u < u_min:  # a comparison, not max(): NaN propagates
             u = u_min
         arg[i] = minus_two * u
-    return arg
 
 
 @jit(**JIT_OPTS)
@@ -344,9 +344,15 @@ def gelu_forward(x):
     check_float_array("x", x)
     xf = _flat(x)  # (size,)
     u_min = _gelu_u_min(x.dtype)
-    e = _gelu_exp_arg(xf, u_min)  # (size,) -2u
-    np.exp(e, out=e)  # (size,) exp(-2u), SIMD
-    out = _gelu_forward_finish(xf, e, u_min)  # (size,) the same buffer
+    out = np.empty_like(xf)  # (size,)
+
+    def gelu_chunk(lo, hi):  # three passes over elements lo:hi, in one thread
+        e = out[lo:hi]
+        _gelu_exp_arg(xf[lo:hi], u_min, e)  # -2u
+        np.exp(e, out=e)  # exp(-2u), SIMD
+        _gelu_forward_finish(xf[lo:hi], e, u_min)  # out, in the same buffer
+
+    run_chunks(xf.shape[0], gelu_chunk)
     return _like_twin(out, x.shape), GeluCache(x)  # (...)
 
 
@@ -357,10 +363,17 @@ def gelu_backward(dout, cache):
     check_float_array("dout", dout, dtype=x.dtype)
     check_shape("dout", dout, x.shape)
     xf = _flat(x)  # (size,)
+    doutf = _flat(dout)  # (size,)
     u_min = _gelu_u_min(x.dtype)
-    e = _gelu_exp_arg(xf, u_min)  # (size,) a fresh buffer: dout and the cache stay untouched
-    np.exp(e, out=e)  # (size,)
-    dx = _gelu_backward_finish(_flat(dout), xf, e, u_min)  # (size,) the same buffer
+    dx = np.empty_like(xf)  # (size,) a fresh buffer: dout and the cache stay untouched
+
+    def gelu_backward_chunk(lo, hi):
+        e = dx[lo:hi]
+        _gelu_exp_arg(xf[lo:hi], u_min, e)
+        np.exp(e, out=e)
+        _gelu_backward_finish(doutf[lo:hi], xf[lo:hi], e, u_min)  # dx, in the same buffer
+
+    run_chunks(xf.shape[0], gelu_backward_chunk)
     return _like_twin(dx, x.shape)  # (...)
 
 
@@ -623,12 +636,19 @@ def attention_core_forward(S, v, causal):
     check_shape("S", S, (H, T, T) if shared else (B, H, T, T))
     if shared:  # one (H,T,T) softmax and a batched BLAS matmul: nothing per batch to fuse
         return layers.shared_attention_core_forward(threaded_matmul, S, v, causal)
+    causal = bool(causal)
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
-    # three passes over one buffer: shifted logits, NumPy's SIMD exp in place (see
-    # the module docstring), then divide by the row sums
-    _attention_shift_rows(np.ascontiguousarray(S), bool(causal), probs)
-    np.exp(probs, out=probs)
-    _attention_normalise_rows(bool(causal), probs)
+    S_maps = np.ascontiguousarray(S).reshape(B * H, 1, T, T)  # (B*H,1,T,T) one map per row
+    P_maps = probs.reshape(B * H, 1, T, T)  # (B*H,1,T,T) a view of probs
+
+    def softmax_maps(lo, hi):
+        # three passes over maps lo:hi in one thread: shifted logits, NumPy's SIMD
+        # exp in place (see the module docstring), then divide by the row sums
+        _attention_shift_rows(S_maps[lo:hi], causal, P_maps[lo:hi])
+        np.exp(P_maps[lo:hi], out=P_maps[lo:hi])
+        _attention_normalise_rows(causal, P_maps[lo:hi])
+
+    run_chunks(B * H, softmax_maps, elements_per_item=T * T)
     o = threaded_matmul(probs, v)  # (B,H,T,hs)
     return o, probs
 
@@ -663,14 +683,20 @@ def attention_core_backward(do, probs, v, shared):
     # o = P @ v
     dS = threaded_matmul(do, v.swapaxes(-1, -2))  # (B,H,T,T) dP for now: fresh, made dS in place
     dv = threaded_matmul(probs.swapaxes(-1, -2), do)  # (B,H,T,hs)
-    _softmax_backward_rows(np.ascontiguousarray(probs), dS)
+    P_maps = np.ascontiguousarray(probs).reshape(B * H, 1, T, T)  # (B*H,1,T,T)
+    dS_maps = dS.reshape(B * H, 1, T, T)  # (B*H,1,T,T) a view of dS
+    run_chunks(
+        B * H,
+        lambda lo, hi: _softmax_backward_rows(P_maps[lo:hi], dS_maps[lo:hi]),
+        elements_per_item=T * T,
+    )
     return dS, dv
 
 
 # ------------------------------------------------------------ matrix products
 # The twins call np.matmul; these split the batch (or the rows) over threads with
 # NumPy's BLAS single-threaded in each, which is where attention's many small
-# products gain on 2 cores (see minisynth.blas). Same BLAS calls per output
+# products gain on 2 cores (see minisynth.parallel). Same BLAS calls per output
 # matrix, so the same numbers.
 
 
@@ -686,7 +712,7 @@ def _twin_of(reference):
 
 @_twin_of(layers.matmul)
 def matmul(a, b):
-    """Twin of :func:`minisynth.layers.matmul`, split over threads (:mod:`minisynth.blas`)."""
+    """Twin of :func:`minisynth.layers.matmul`, split over threads (:mod:`minisynth.parallel`)."""
     layers.check_matmul_inputs(a, b)
     return threaded_matmul(a, b)  # (..., m, n)
 

@@ -60,7 +60,7 @@ def matmul(a, b):
 
     The products of attention and of the linear layers go through
     ``op("matmul")``: here it is NumPy's matmul; the Numba backend's twin
-    (:mod:`minisynth.blas`) splits the batch over threads for the same result.
+    (:mod:`minisynth.parallel`) splits the batch over threads for the same result.
     """
     check_matmul_inputs(a, b)
     return np.matmul(a, b)  # (..., m, n)

@@ -24,15 +24,19 @@ split changes no result bit (tested).
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
+import itertools
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
-# Below this many multiply-adds a split costs more (thread hand-off, ~50 us) than it saves.
-MIN_SPLIT_WORK = 1 << 20
+# Below this much work a split costs more (thread hand-off, ~50 us) than it saves:
+MIN_SPLIT_WORK = 1 << 20  # multiply-adds of a matrix product
+MIN_SPLIT_ELEMENTS = 1 << 16  # array elements of a row-wise kernel (run_chunks)
 # Symbol pairs (set, get) NumPy's bundled OpenBLAS may export, newest naming first.
 _THREAD_SYMBOLS = [
     (f"{prefix}set_num_threads{suffix}", f"{prefix}get_num_threads{suffix}")
@@ -103,7 +107,7 @@ def _load_openblas():
 
 _openblas = None
 _openblas_checked = False
-_split_lock = threading.Lock()  # one split product at a time owns the BLAS thread count
+_split_lock = threading.Lock()  # one split at a time owns the pool and the BLAS thread count
 _pool = None  # ThreadPoolExecutor with (threads - 1) workers; the caller is the last thread
 _pool_size = 0
 
@@ -132,9 +136,63 @@ def _workers(n):
     if _pool is None or _pool_size != n:
         if _pool is not None:
             _pool.shutdown(wait=True)
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minisynth-matmul")
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minisynth")
         _pool_size = n
     return _pool
+
+
+def thread_count():
+    """Threads a split uses: NumPy's OpenBLAS thread count, or 1 when it cannot be found."""
+    blas = numpy_openblas()
+    return blas.get_num_threads() if blas is not None else 1
+
+
+def _run_shares(threads, shares):
+    """Run the zero-argument callables ``shares`` at once, the caller taking the first.
+
+    NumPy's OpenBLAS is single-threaded meanwhile, and its thread count restored
+    after, whatever happens. Returns False, having run nothing, if another split
+    holds the lock (a nested or concurrent split runs serially instead).
+    """
+    if not _split_lock.acquire(blocking=False):
+        return False
+    try:
+        blas = numpy_openblas()
+        blas.set_num_threads(1)
+        try:
+            futures = [_workers(threads - 1).submit(share) for share in shares[1:]]
+            shares[0]()
+            wait(futures)  # all shares done before the thread count is restored
+            for future in futures:
+                future.result()  # re-raises a worker's exception here
+        finally:
+            blas.set_num_threads(threads)
+        return True
+    finally:
+        _split_lock.release()
+
+
+def _bounds(n, parts):
+    """parts + 1 increasing integers from 0 to n: contiguous, near-equal chunks."""
+    return [n * i // parts for i in range(parts + 1)]
+
+
+def run_chunks(n, work, elements_per_item=1):
+    """Call ``work(lo, hi)`` on contiguous chunks covering ``range(n)``, one per thread, at once.
+
+    ``work`` must release the GIL to gain anything (a ``nogil`` Numba kernel, a
+    NumPy ufunc) and must write only what belongs to its chunk. Runs ``work(0,
+    n)`` in the calling thread when there is one thread, fewer than two items,
+    under :data:`MIN_SPLIT_ELEMENTS` elements of work (``n *
+    elements_per_item``), or while another split is running.
+    """
+    threads = min(thread_count(), n)
+    if threads >= 2 and n * elements_per_item >= MIN_SPLIT_ELEMENTS:
+        bounds = _bounds(n, threads)
+        shares = [functools.partial(work, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        if _run_shares(threads, shares):
+            return
+    work(0, n)
 
 
 def _split_axis(shape, parts):
@@ -158,11 +216,10 @@ def threaded_matmul(a, b):
     fresh (..., m, n) array equal to ``a @ b``. The split takes the longest batch
     axis, or for plain matrices the rows of ``a`` (else the columns of ``b``), so
     every output element is still one BLAS dot product over all of k. Splits only
-    when NumPy's OpenBLAS is found and set to more than one thread, no other
-    split is running, and the product is large enough to pay for the hand-off.
+    when NumPy's OpenBLAS is found and set to more than one thread, no other split
+    is running, and the product is large enough to pay for the hand-off.
     """
-    blas = numpy_openblas()
-    threads = blas.get_num_threads() if blas is not None else 1
+    threads = thread_count()
     if a.ndim < 2 or b.ndim < 2:
         return np.matmul(a, b)  # vectors: nothing worth splitting
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
@@ -170,35 +227,22 @@ def threaded_matmul(a, b):
     n = b.shape[-1]
     shape = batch + (m, n)
     axis = _split_axis(shape, threads)
-    if threads < 2 or axis is None or int(np.prod(shape)) * k < MIN_SPLIT_WORK:
+    if threads < 2 or axis is None or math.prod(shape) * k < MIN_SPLIT_WORK:
         return np.matmul(a, b)
-    if not _split_lock.acquire(blocking=False):  # another thread is splitting: not twice
-        return np.matmul(a, b)
-    try:
-        out = np.empty(shape, dtype=np.result_type(a, b))  # (..., m, n)
-        a = np.broadcast_to(a, batch + (m, k))  # (..., m, k) views: no copies
-        b = np.broadcast_to(b, batch + (k, n))  # (..., k, n)
-        bounds = np.linspace(0, shape[axis], threads + 1).astype(int)
-        pieces = []
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            part = (slice(None),) * axis + (slice(lo, hi),)  # of the output
-            if axis < len(batch):  # a batch axis: both operands follow
-                pieces.append((a[part], b[part], out[part]))
-            elif axis == len(batch):  # rows: a's rows, all of b
-                pieces.append((a[part], b, out[part]))
-            else:  # columns: all of a, b's columns
-                pieces.append((a, b[part], out[part]))
-        blas.set_num_threads(1)
-        try:
-            pool = _workers(threads - 1)
-            futures = [pool.submit(np.matmul, x, y, out=o) for x, y, o in pieces[1:]]
-            x, y, o = pieces[0]
-            np.matmul(x, y, out=o)  # the calling thread takes the first share
-            wait(futures)  # all shares done before the thread count is restored
-            for future in futures:
-                future.result()  # re-raises a worker's exception here
-        finally:
-            blas.set_num_threads(threads)
-        return out
-    finally:
-        _split_lock.release()
+    out = np.empty(shape, dtype=np.result_type(a, b))  # (..., m, n)
+    a = np.broadcast_to(a, batch + (m, k))  # (..., m, k) views: no copies
+    b = np.broadcast_to(b, batch + (k, n))  # (..., k, n)
+    bounds = _bounds(shape[axis], threads)
+    shares = []
+    for lo, hi in itertools.pairwise(bounds):
+        part = (slice(None),) * axis + (slice(lo, hi),)  # of the output
+        if axis < len(batch):  # a batch axis: both operands follow
+            x, y = a[part], b[part]
+        elif axis == len(batch):  # rows: a's rows, all of b
+            x, y = a[part], b
+        else:  # columns: all of a, b's columns
+            x, y = a, b[part]
+        shares.append(functools.partial(np.matmul, x, y, out=out[part]))
+    if not _run_shares(threads, shares):  # another split is running: not twice
+        np.matmul(a, b, out=out)
+    return out
