@@ -229,8 +229,9 @@ class FactorizedDense(_DenseHidden):
     def forward(self, p, x):
         T = x.shape[1]
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
-        A = hid @ p["Wa"][None] + p["ba"][None, :, None, :]  # (B,H,T,a)
-        Bf = hid @ p["Wb"][None] + p["bb"][None, :, None, :]  # (B,H,T,b)
+        matmul = op("matmul")
+        A = matmul(hid, p["Wa"][None]) + p["ba"][None, :, None, :]  # (B,H,T,a)
+        Bf = matmul(hid, p["Wb"][None]) + p["bb"][None, :, None, :]  # (B,H,T,b)
         # full reshaped to (b, a): full[q*a + r] = Bf[q] * A[r]
         full = (Bf[..., :, None] * A[..., None, :]).reshape(A.shape[:3] + (self.L,))  # (B,H,T,L)
         S = full[..., :T]  # (B,H,T,T)
@@ -244,13 +245,15 @@ class FactorizedDense(_DenseHidden):
         dfull[..., :T] = dS
         dF = dfull.reshape(B, H, T, self.b, self.a)  # (B,H,T,b,a)
         # full[q*a + r] = Bf[q] * A[r]
-        dA = (Bf[..., None, :] @ dF)[..., 0, :]  # (B,H,T,a) sum over q of dF[q, r] Bf[q]
-        dBf = (dF @ A[..., :, None])[..., 0]  # (B,H,T,b) sum over r of dF[q, r] A[r]
+        matmul = op("matmul")
+        dA = matmul(Bf[..., None, :], dF)[..., 0, :]  # (B,H,T,a) sum over q of dF[q, r] Bf[q]
+        dBf = matmul(dF, A[..., :, None])[..., 0]  # (B,H,T,b) sum over r of dF[q, r] A[r]
         # A = hid @ Wa[h] + ba[h];  Bf = hid @ Wb[h] + bb[h]
         hid_h = hid.transpose(1, 3, 0, 2).reshape(H, -1, B * T)  # (H,hs,B*T)
-        dWa = hid_h @ dA.transpose(1, 0, 2, 3).reshape(H, B * T, self.a)  # (H,hs,a)
-        dWb = hid_h @ dBf.transpose(1, 0, 2, 3).reshape(H, B * T, self.b)  # (H,hs,b)
-        dhid = dA @ Wa.swapaxes(-1, -2)[None] + dBf @ Wb.swapaxes(-1, -2)[None]  # (B,H,T,hs)
+        dWa = matmul(hid_h, dA.transpose(1, 0, 2, 3).reshape(H, B * T, self.a))  # (H,hs,a)
+        dWb = matmul(hid_h, dBf.transpose(1, 0, 2, 3).reshape(H, B * T, self.b))  # (H,hs,b)
+        dhid = matmul(dA, Wa.swapaxes(-1, -2)[None])  # (B,H,T,hs)
+        dhid += matmul(dBf, Wb.swapaxes(-1, -2)[None])  # (B,H,T,hs)
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {
             **grads,
@@ -325,7 +328,7 @@ class FactorizedRandom(Component):
         T = x.shape[1]
         R1 = p["R1"][:, :T]  # (H,T,k)
         R2 = p["R2"][:, :T]  # (H,T,k)
-        return R1 @ R2.swapaxes(-1, -2), (R1, R2)  # (H,T,T)
+        return op("matmul")(R1, R2.swapaxes(-1, -2)), (R1, R2)  # (H,T,T)
 
     def backward(self, dS, cache):
         R1, R2 = cache
@@ -333,8 +336,8 @@ class FactorizedRandom(Component):
         # S = R1[:, :T] @ R2[:, :T]^T
         dR1 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
         dR2 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
-        dR1[:, :T] = dS @ R2
-        dR2[:, :T] = dS.swapaxes(-1, -2) @ R1
+        dR1[:, :T] = op("matmul")(dS, R2)
+        dR2[:, :T] = op("matmul")(dS.swapaxes(-1, -2), R1)
         return None, {"R1": dR1, "R2": dR2}
 
 
