@@ -58,6 +58,11 @@ def xavier_uniform(rng, shape, fan_in, fan_out, dtype):
     return rng.uniform(-limit, limit, size=shape).astype(dtype)
 
 
+def products():
+    """The matrix products of the active backend (see :class:`minisynth.layers.Products`)."""
+    return layers.Products(op("matmul"), op("causal_matmul"))
+
+
 def default_factors(L):
     """(a, b) with a the largest divisor of L not above sqrt(L) and b = L // a."""
     a = max(d for d in range(1, math.isqrt(L) + 1) if L % d == 0)
@@ -77,6 +82,7 @@ class Component:
     shared = False
     options: tuple = ()
     buffer_names: tuple = ()
+    causal = False  # set by Attention: dS is then zero above the diagonal
 
     def __init__(self, C, H, L, options):
         self.C, self.H, self.L = C, H, L
@@ -126,8 +132,8 @@ class Vanilla(Component):
     def backward(self, dS, cache):
         q, k, q_cache, k_cache, scale = cache
         # S = q k^T * scale
-        dq = op("matmul")(dS, k) * scale  # (B,H,T,hs)
-        dk = op("matmul")(dS.swapaxes(-1, -2), q) * scale  # (B,H,T,hs)
+        dq = products().probs_times(dS, k, self.causal) * scale  # (B,H,T,hs) dS @ k
+        dk = products().probs_times(dS, q, self.causal, transpose=True) * scale  # dS^T @ q
         dx_q, dWq, dbq = op("linear_backward")(merge_heads(dq), q_cache)
         dx_k, dWk, dbk = op("linear_backward")(merge_heads(dk), k_cache)
         return dx_q + dx_k, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
@@ -177,10 +183,11 @@ class Dense(_DenseHidden):
         dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
         # sum over b of per-(b, h) products: the (B,H,hs,T) partials are small, while
         # regrouping dS to one (B*T, T) matrix per head would copy all of it
-        dW2[:, :, :T] = op("matmul")(hid.swapaxes(-1, -2), dS).sum(axis=0)
+        dS_t_hid = products().probs_times(dS, hid, self.causal, transpose=True)  # (B,H,T,hs)
+        dW2[:, :, :T] = dS_t_hid.sum(axis=0).swapaxes(-1, -2)  # hid^T @ dS = (dS^T @ hid)^T
         db2 = np.zeros((H, self.L), dtype=dS.dtype)  # (H,L)
         db2[:, :T] = dS.sum(axis=(0, 2))
-        dhid = op("matmul")(dS, W2.swapaxes(-1, -2)[None])  # (B,H,T,hs)
+        dhid = products().probs_times(dS, W2.swapaxes(-1, -2)[None], self.causal)  # (B,H,T,hs)
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {**grads, "W2": dW2, "b2": db2}
 
@@ -425,6 +432,8 @@ class Attention:
         self.causal = bool(causal)
         self.dtype = np.dtype(dtype)
         self.components = _make_components(self.parts, self.C, self.H, self.L, options)
+        for comp in self.components:
+            comp.causal = self.causal
         self.mixture = len(self.components) > 1
         self.prefixes = [f"{c.kind}." if self.mixture else "" for c in self.components]
 
@@ -509,7 +518,7 @@ class Attention:
         do = split_heads(do_flat, self.H)  # (B,H,T,hs)
         shared = all(c.shared for c in self.components)
         # o = softmax(mask(S)) @ v
-        dS, dv = op("attention_core_backward")(do, cache.probs, cache.v, shared)
+        dS, dv = op("attention_core_backward")(do, cache.probs, cache.v, shared, self.causal)
         # v = x @ Wv + bv
         dx, grads["Wv"], grads["bv"] = op("linear_backward")(merge_heads(dv), cache.v_cache)
 

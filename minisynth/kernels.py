@@ -59,7 +59,7 @@ from .layers import (
     GeluCache,
     LayerNormCache,
 )
-from .parallel import run_chunks, threaded_matmul
+from .parallel import run_chunks, threaded_causal_matmul, threaded_matmul
 
 __all__ = [
     "layernorm_forward",
@@ -74,10 +74,16 @@ __all__ = [
     "attention_core_forward",
     "attention_core_backward",
     "matmul",
+    "causal_matmul",
     "linear_forward",
     "linear_backward",
 ]
-BLAS_TWINS = ("matmul", "linear_forward", "linear_backward")  # no jitted code of their own
+BLAS_TWINS = (
+    "matmul",
+    "causal_matmul",
+    "linear_forward",
+    "linear_backward",
+)  # no jitted code of their own
 
 # ------------------------------------------------------------------- jit options
 # The one place for jit options. fastmath flags, spelled out because
@@ -156,6 +162,10 @@ def _like_twin(out, shape):
     """Give ``out`` the twin's shape; a 0-d result becomes a NumPy scalar, as NumPy returns."""
     out = out.reshape(shape)  # (...)
     return out[()] if out.ndim == 0 else out
+
+
+# the products of the attention core: split over threads, causal maps skip their zeros
+THREADED_PRODUCTS = layers.Products(threaded_matmul, threaded_causal_matmul)
 
 
 # ------------------------------------------------------------------- layer norm
@@ -635,7 +645,7 @@ def attention_core_forward(S, v, causal):
     shared = S.ndim == 3
     check_shape("S", S, (H, T, T) if shared else (B, H, T, T))
     if shared:  # one (H,T,T) softmax and a batched BLAS matmul: nothing per batch to fuse
-        return layers.shared_attention_core_forward(threaded_matmul, S, v, causal)
+        return layers.shared_attention_core_forward(THREADED_PRODUCTS, S, v, causal)
     causal = bool(causal)
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     S_maps = np.ascontiguousarray(S).reshape(B * H, 1, T, T)  # (B*H,1,T,T) one map per row
@@ -649,7 +659,7 @@ def attention_core_forward(S, v, causal):
         _attention_normalise_rows(causal, P_maps[lo:hi])
 
     run_chunks(B * H, softmax_maps, elements_per_item=T * T)
-    o = threaded_matmul(probs, v)  # (B,H,T,hs)
+    o = THREADED_PRODUCTS.probs_times(probs, v, causal)  # (B,H,T,hs)
     return o, probs
 
 
@@ -670,7 +680,7 @@ def _softmax_backward_rows(probs, dS):
 
 
 @_falls_back_to(layers.attention_core_backward)
-def attention_core_backward(do, probs, v, shared):
+def attention_core_backward(do, probs, v, shared, causal=False):
     """Twin of :func:`minisynth.layers.attention_core_backward` (BLAS dP, dv; jitted softmax)."""
     check_float_array("v", v, ndim=4)
     check_float_array("do", do, dtype=v.dtype)
@@ -679,10 +689,10 @@ def attention_core_backward(do, probs, v, shared):
     check_shape("do", do, v.shape)
     check_shape("probs", probs, (B, H, T, T))
     if shared:  # dP summed over the batch by one BLAS matmul per head; see the twin
-        return layers.shared_attention_core_backward(threaded_matmul, do, probs, v)
+        return layers.shared_attention_core_backward(THREADED_PRODUCTS, do, probs, v, causal)
     # o = P @ v
     dS = threaded_matmul(do, v.swapaxes(-1, -2))  # (B,H,T,T) dP for now: fresh, made dS in place
-    dv = threaded_matmul(probs.swapaxes(-1, -2), do)  # (B,H,T,hs)
+    dv = THREADED_PRODUCTS.probs_times(probs, do, causal, transpose=True)  # (B,H,T,hs) P^T do
     P_maps = np.ascontiguousarray(probs).reshape(B * H, 1, T, T)  # (B*H,1,T,T)
     dS_maps = dS.reshape(B * H, 1, T, T)  # (B*H,1,T,T) a view of dS
     run_chunks(
@@ -715,6 +725,13 @@ def matmul(a, b):
     """Twin of :func:`minisynth.layers.matmul`, split over threads (:mod:`minisynth.parallel`)."""
     layers.check_matmul_inputs(a, b)
     return threaded_matmul(a, b)  # (..., m, n)
+
+
+@_twin_of(layers.causal_matmul)
+def causal_matmul(L, x, transpose=False):
+    """Twin of :func:`minisynth.layers.causal_matmul`: skips the zero blocks, split over threads."""
+    layers.causal_matmul_checks(L, x)
+    return threaded_causal_matmul(L, x, transpose)  # (..., T, n)
 
 
 @_twin_of(layers.linear_forward)

@@ -26,6 +26,7 @@ D  input width of a linear     F  output width of a linear
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -64,6 +65,51 @@ def matmul(a, b):
     """
     check_matmul_inputs(a, b)
     return np.matmul(a, b)  # (..., m, n)
+
+
+def causal_matmul_checks(L, x):
+    """Checks shared by both causal_matmul backends."""
+    check_float_array("L", L, min_ndim=2)
+    if L.shape[-1] != L.shape[-2]:
+        raise ValueError(f"L must be square in its last two dimensions, got shape {L.shape}")
+    check_matmul_inputs(L, x)
+
+
+def causal_matmul(L, x, transpose=False):
+    """L @ x, or L^T @ x with ``transpose``, for causal maps L (..., T, T) -> (..., T, n).
+
+    L must be zero above its diagonal (L[..., i, j] = 0 for j > i), as causal
+    attention probabilities and their logit gradients are; x is (..., T, n), and
+    leading dimensions broadcast. The reference multiplies the zeros like any
+    other number; the Numba backend's twin skips the blocks above the diagonal,
+    about half of the work.
+    """
+    causal_matmul_checks(L, x)
+    return _numpy_causal_matmul(L, x, transpose)  # (..., T, n)
+
+
+class Products(NamedTuple):
+    """The two matrix products the layers are built from, on one backend.
+
+    NumPy's for the reference (:data:`NUMPY_PRODUCTS`); the Numba backend's
+    twins split them over threads and skip the zero half of causal maps.
+    """
+
+    matmul: Callable  # (a, b) -> a @ b, as :func:`matmul`
+    causal_matmul: Callable  # (L, x, transpose) -> L @ x or L^T @ x, as :func:`causal_matmul`
+
+    def probs_times(self, P, x, causal, transpose=False):
+        """P @ x (P^T @ x if ``transpose``) for attention maps P; causal maps skip their zeros."""
+        if causal:
+            return self.causal_matmul(P, x, transpose)
+        return self.matmul(P.swapaxes(-1, -2) if transpose else P, x)
+
+
+def _numpy_causal_matmul(L, x, transpose):
+    return np.matmul(L.swapaxes(-1, -2) if transpose else L, x)  # (..., T, n)
+
+
+NUMPY_PRODUCTS = Products(np.matmul, _numpy_causal_matmul)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -273,20 +319,22 @@ def attention_core_forward(S, v, causal):
     and returned as a read-only broadcast view.
     """
     if S.ndim == 3:
-        return shared_attention_core_forward(np.matmul, S, v, causal)
+        return shared_attention_core_forward(NUMPY_PRODUCTS, S, v, causal)
     probs, _ = softmax_forward(S, causal=causal)  # (B,H,T,T)
     o = probs @ v  # (B,H,T,hs)
     return o, probs
 
 
-def attention_core_backward(do, probs, v, shared):
+def attention_core_backward(do, probs, v, shared, causal=False):
     """Returns (dS, dv); dS is (H,T,T) summed over the batch when ``shared``.
 
     When ``shared``, every probs[b] equals probs[0]; the softmax backward is linear
     in dP for a fixed P, so summing dP over the batch first gives the same dS.
+    ``causal`` says that probs came from a causal forward (zero above the
+    diagonal): the result is the same, and the Numba twin skips those blocks.
     """
     if shared:
-        return shared_attention_core_backward(np.matmul, do, probs, v)
+        return shared_attention_core_backward(NUMPY_PRODUCTS, do, probs, v, causal)
     # o = P @ v
     dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
     dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
@@ -295,23 +343,23 @@ def attention_core_backward(do, probs, v, shared):
     return dS, dv
 
 
-def shared_attention_core_forward(matmul, S, v, causal):
-    """:func:`attention_core_forward` for shared logits S (H,T,T), products by ``matmul``."""
+def shared_attention_core_forward(products, S, v, causal):
+    """:func:`attention_core_forward` for shared logits S (H,T,T), with ``products`` (Products)."""
     B, H, T, _ = v.shape
     probs_h, _ = softmax_forward(S, causal=causal)  # (H,T,T) once, not B times
-    o = matmul(probs_h, v)  # (B,H,T,hs) broadcast over the batch
+    o = products.probs_times(probs_h, v, causal)  # (B,H,T,hs) broadcast over the batch
     return o, np.broadcast_to(probs_h, (B, H, T, T))
 
 
-def shared_attention_core_backward(matmul, do, probs, v):
-    """:func:`attention_core_backward` for shared probs, products by ``matmul``: dS is (H,T,T)."""
+def shared_attention_core_backward(products, do, probs, v, causal):
+    """:func:`attention_core_backward` for shared probs, with ``products``: dS is (H,T,T)."""
     B, H, T, hs = v.shape
     probs_h = probs[0]  # (H,T,T)
     # o[b] = P @ v[b]:  dP = sum_b do[b] v[b]^T, one (T, B*hs) @ (B*hs, T) matmul per head
     do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
     v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-    dprobs = matmul(do_h, v_h.swapaxes(-1, -2))  # (H,T,T)
-    dv = matmul(probs_h.swapaxes(-1, -2), do)  # (B,H,T,hs)
+    dprobs = products.matmul(do_h, v_h.swapaxes(-1, -2))  # (H,T,T)
+    dv = products.probs_times(probs_h, do, causal, transpose=True)  # (B,H,T,hs) P^T @ do
     # P = softmax(mask(S))
     dS = softmax_backward(dprobs, SoftmaxCache(probs_h))  # (H,T,T)
     return dS, dv
