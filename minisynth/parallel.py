@@ -269,7 +269,7 @@ def _causal_blocks(L, x, out, transpose):
 def threaded_causal_matmul(L, x, transpose=False):
     """``L @ x`` (``L^T @ x`` if ``transpose``) for causal maps L (..., T, T), split over threads.
 
-    L must be zero above the diagonal; those blocks are never read. x is
+    L must be zero above the diagonal; blocks wholly above it are never read. x is
     (..., T, n) and leading dimensions broadcast. The batch is split over the
     threads as in :func:`threaded_matmul` (one thread when it cannot be split).
     """

@@ -1,8 +1,12 @@
 """Shared test helpers: random inputs, upstream gradients, purity and gradient assertions."""
 
+import contextlib
+from unittest import mock
+
 import numpy as np
 from hypothesis import strategies as st
 
+from minisynth import parallel
 from minisynth.gradcheck import DEFAULT_STEP, numerical_gradient_array, rel_error
 
 # command-line sizes of a model that trains in a fraction of a second
@@ -74,3 +78,34 @@ def assert_gradient_close(name, analytic, numeric, tol=GRAD_TOL):
         return
     err = rel_error(analytic, numeric)
     assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol}"
+
+
+OPENBLAS = parallel.numpy_openblas()
+
+
+@contextlib.contextmanager
+def splitting_everything(causal_block=2):
+    """Make every product and row kernel split, even tiny ones; yields the list of splits.
+
+    OpenBLAS on 2 threads, no size floors, and causal products in blocks of
+    ``causal_block`` rows, so small test shapes take the threaded paths that
+    full-size training takes. Without NumPy's OpenBLAS nothing can split: the
+    list stays empty, and tests that need a split should skip.
+    """
+    splits = []
+    if OPENBLAS is None:
+        yield splits
+        return
+    previous = OPENBLAS.get_num_threads()
+    OPENBLAS.set_num_threads(2)
+    real_workers = parallel._workers
+    try:
+        with (
+            mock.patch.object(parallel, "MIN_SPLIT_WORK", 0),
+            mock.patch.object(parallel, "MIN_SPLIT_ELEMENTS", 0),
+            mock.patch.object(parallel, "CAUSAL_BLOCK", causal_block),
+            mock.patch.object(parallel, "_workers", lambda n: splits.append(n) or real_workers(n)),
+        ):
+            yield splits
+    finally:
+        OPENBLAS.set_num_threads(previous)

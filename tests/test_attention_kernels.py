@@ -1,9 +1,19 @@
 """Parity of the fused Numba attention core with its NumPy twin (forward and backward)."""
 
+import contextlib
+
 import numpy as np
 import pytest
-from helpers import assert_no_aliasing, assert_unchanged, seeds, snapshot, uniform, upstream
-from hypothesis import given
+from helpers import (
+    assert_no_aliasing,
+    assert_unchanged,
+    seeds,
+    snapshot,
+    splitting_everything,
+    uniform,
+    upstream,
+)
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minisynth import kernels, layers
@@ -19,23 +29,29 @@ TOL = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, ato
     hs=st.integers(1, 5),
     shared=st.booleans(),
     causal=st.booleans(),
+    split=st.booleans(),
     seed=seeds,
 )
-def test_attention_core_matches_reference(dtype, B, H, T, hs, shared, causal, seed):
+@settings(deadline=None)
+def test_attention_core_matches_reference(dtype, B, H, T, hs, shared, causal, split, seed):
+    """``split``: tiny shapes made to take the threaded paths (chunks, causal blocks of 2)."""
     rng = np.random.default_rng(seed)
     S = uniform(rng, (H, T, T) if shared else (B, H, T, T), -4, 4, dtype)
     v = uniform(rng, (B, H, T, hs), dtype=dtype)
     do = upstream(rng, (B, H, T, hs), dtype)
     o_ref, p_ref = layers.attention_core_forward(S, v, causal)
-    o, p = kernels.attention_core_forward(S, v, causal)
+    threaded = splitting_everything if split else contextlib.nullcontext
+    with threaded():
+        o, p = kernels.attention_core_forward(S, v, causal)
     assert o.dtype == p.dtype == dtype
     np.testing.assert_allclose(p, p_ref, **TOL[dtype])
     np.testing.assert_allclose(o, o_ref, **TOL[dtype])
     if causal:
         assert np.all(p[..., np.triu_indices(T, 1)[0], np.triu_indices(T, 1)[1]] == 0)
     before = snapshot(do, p_ref, v)
-    dS_ref, dv_ref = layers.attention_core_backward(do, p_ref, v, shared)
-    dS, dv = kernels.attention_core_backward(do, p_ref, v, shared)
+    dS_ref, dv_ref = layers.attention_core_backward(do, p_ref, v, shared, causal)
+    with threaded():
+        dS, dv = kernels.attention_core_backward(do, p_ref, v, shared, causal)
     assert_unchanged(before, [do, p_ref, v])
     assert_no_aliasing([dS, dv], [do, p_ref, v])
     assert dS.shape == S.shape and dv.shape == v.shape

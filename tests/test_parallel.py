@@ -17,33 +17,23 @@ from unittest import mock
 
 import numpy as np
 import pytest
-from helpers import assert_no_aliasing, assert_unchanged, seeds, snapshot, uniform, upstream
+from helpers import (
+    OPENBLAS,
+    assert_no_aliasing,
+    assert_unchanged,
+    seeds,
+    snapshot,
+    splitting_everything,
+    uniform,
+    upstream,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minisynth import kernels, layers
-from minisynth import parallel
+from minisynth import kernels, layers, parallel
 
-OPENBLAS = parallel.numpy_openblas()
 needs_openblas = pytest.mark.skipif(OPENBLAS is None, reason="NumPy's BLAS is not OpenBLAS")
 dtypes = st.sampled_from([np.float32, np.float64])
-
-
-@contextlib.contextmanager
-def splitting_everything():
-    """OpenBLAS on 2 threads and no size floor, so every product splits; yields the split log."""
-    previous = OPENBLAS.get_num_threads()
-    OPENBLAS.set_num_threads(2)
-    splits = []
-    real_workers = parallel._workers
-    try:
-        with (
-            mock.patch.object(parallel, "MIN_SPLIT_WORK", 0),
-            mock.patch.object(parallel, "_workers", lambda n: splits.append(n) or real_workers(n)),
-        ):
-            yield splits
-    finally:
-        OPENBLAS.set_num_threads(previous)
 
 
 @pytest.fixture
@@ -179,7 +169,8 @@ def test_thread_count_is_restored_when_a_share_fails(two_threads, monkeypatch):
         parallel.threaded_matmul(np.ones((4, 3, 3)), np.ones((4, 3, 3)))
     assert OPENBLAS.get_num_threads() == 2
     monkeypatch.setattr(np, "matmul", real)
-    np.testing.assert_array_equal(parallel.threaded_matmul(np.ones((4, 3, 3)), np.ones((4, 3, 3))), 3)
+    out = parallel.threaded_matmul(np.ones((4, 3, 3)), np.ones((4, 3, 3)))
+    np.testing.assert_array_equal(out, 3)
 
 
 @needs_openblas
@@ -244,3 +235,73 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
     proc = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+# ------------------------------------------------------------------ causal products
+def causal_map(rng, shape, dtype, block=None):
+    """A random (..., T, T) map, zero above the diagonal; with ``block``, NaN in the blocks
+    of ``block`` rows that lie wholly above the diagonal (the ones a causal product skips)."""
+    L = uniform(rng, shape, dtype=dtype)
+    T = shape[-1]
+    i, j = np.indices((T, T))
+    L[..., j > i] = 0.0
+    if block is not None:
+        L[..., j >= (i // block + 1) * block] = np.nan
+    return L
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    seed=seeds,
+    dtype=dtypes,
+    batch=st.sampled_from([(), (3,), (2, 3), (1, 2)]),
+    broadcast_x=st.booleans(),
+    T=st.integers(1, 9),
+    n=st.integers(1, 4),
+    block=st.integers(1, 4),
+    transpose=st.booleans(),
+    split=st.booleans(),
+)
+def test_kernel_causal_matmul_equals_its_twin(
+    seed, dtype, batch, broadcast_x, T, n, block, transpose, split
+):
+    rng = np.random.default_rng(seed)
+    L = causal_map(rng, batch + (T, T), dtype)
+    x = uniform(rng, (tuple(1 for _ in batch) if broadcast_x else batch) + (T, n), dtype=dtype)
+    before = snapshot(L, x)
+    expected = layers.causal_matmul(L, x, transpose)
+    threaded = splitting_everything(causal_block=block) if split else contextlib.nullcontext()
+    with threaded, mock.patch.object(parallel, "CAUSAL_BLOCK", block):
+        out = kernels.causal_matmul(L, x, transpose)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=4 * T * 4.0 * np.finfo(dtype).eps)
+    assert out.shape == expected.shape and out.dtype == dtype
+    assert_unchanged(before, [L, x])
+    assert_no_aliasing([out], [L, x])
+    # the blocks above the diagonal are skipped, never read: NaN there changes nothing
+    L_nan = causal_map(np.random.default_rng(seed), batch + (T, T), dtype, block=block)
+    threaded = splitting_everything(causal_block=block) if split else contextlib.nullcontext()
+    with threaded, mock.patch.object(parallel, "CAUSAL_BLOCK", block):
+        out_nan = kernels.causal_matmul(L_nan, x, transpose)
+    if T > block:  # there is a skipped block: the twin, which reads it, gets NaN
+        assert np.isnan(layers.causal_matmul(L_nan, x, transpose)).any()
+    np.testing.assert_array_equal(out_nan, out)
+
+
+@needs_openblas
+def test_causal_products_split_the_batch(two_threads):
+    rng = np.random.default_rng(3)
+    L = causal_map(rng, (4, 2, 6, 6), np.float32)
+    x = uniform(rng, (1, 2, 6, 3), dtype=np.float32)
+    out = kernels.causal_matmul(L, x, True)
+    assert two_threads == [1]
+    np.testing.assert_allclose(out, layers.causal_matmul(L, x, True), rtol=0, atol=1e-5)
+
+
+def test_causal_matmul_rejects_bad_input():
+    for fn in (layers.causal_matmul, kernels.causal_matmul):
+        with pytest.raises(ValueError, match="L must be square"):
+            fn(np.ones((2, 3, 4)), np.ones((2, 4, 2)))
+        with pytest.raises(ValueError, match="columns"):
+            fn(np.ones((3, 3)), np.ones((4, 2)))
+        with pytest.raises(TypeError, match="dtype"):
+            fn(np.ones((3, 3)), np.ones((3, 2), dtype=np.float32))
