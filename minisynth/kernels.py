@@ -658,7 +658,7 @@ def attention_core_forward(S, v, causal):
         np.exp(P_maps[lo:hi], out=P_maps[lo:hi])
         _attention_normalise_rows(causal, P_maps[lo:hi])
 
-    run_chunks(B * H, softmax_maps, elements_per_item=T * T)
+    run_chunks(B * H, softmax_maps, work_per_item=T * T)
     o = THREADED_PRODUCTS.probs_times(probs, v, causal)  # (B,H,T,hs)
     return o, probs
 
@@ -698,7 +698,7 @@ def attention_core_backward(do, probs, v, shared, causal=False):
     run_chunks(
         B * H,
         lambda lo, hi: _softmax_backward_rows(P_maps[lo:hi], dS_maps[lo:hi]),
-        elements_per_item=T * T,
+        work_per_item=T * T,
     )
     return dS, dv
 
@@ -736,11 +736,52 @@ def causal_matmul(L, x, transpose=False):
 
 @_twin_of(layers.linear_forward)
 def linear_forward(x, W, b):
-    """Twin of :func:`minisynth.layers.linear_forward`, its GEMM split over threads."""
-    return layers.linear_forward_with(threaded_matmul, x, W, b)
+    """Twin of :func:`minisynth.layers.linear_forward`: rows split over threads.
+
+    Each thread adds the bias to its rows of the product right after BLAS wrote
+    them (still in cache), instead of one more serial pass over the output.
+    """
+    D, F = layers.check_linear_inputs(x, W, b)
+    x2 = x.reshape(-1, D)  # (N, D)
+    out = np.empty((x2.shape[0], F), dtype=W.dtype)  # (N, F)
+
+    def rows(lo, hi):
+        np.matmul(x2[lo:hi], W, out=out[lo:hi])
+        out[lo:hi] += b
+
+    run_chunks(x2.shape[0], rows, work_per_item=D * F, products=True)
+    return out.reshape(x.shape[:-1] + (F,)), layers.LinearCache(x, W)  # (..., F)
+
+
+def _same_fraction(lo, hi, n, m):
+    """The part of range(m) that lo:hi is of range(n) (all of it when n is 0)."""
+    return (lo * m // n, hi * m // n) if n else (0, m)
 
 
 @_twin_of(layers.linear_backward)
 def linear_backward(dout, cache):
-    """Twin of :func:`minisynth.layers.linear_backward`, its GEMMs split over threads."""
-    return layers.linear_backward_with(threaded_matmul, dout, cache)
+    """Twin of :func:`minisynth.layers.linear_backward`: dx, dW and db split over threads.
+
+    Thread k of n computes the k-th share of the rows of dx, of the rows of dW
+    and of the entries of db, all in one hand-off.
+    """
+    layers.check_linear_backward_inputs(dout, cache)
+    x, W = cache
+    D, F = W.shape
+    x2 = x.reshape(-1, D)  # (N, D)
+    dout2 = dout.reshape(-1, F)  # (N, F)
+    N = x2.shape[0]
+    dx = np.empty((N, D), dtype=W.dtype)  # (N, D)
+    dW = np.empty((D, F), dtype=W.dtype)  # (D, F)
+    db = np.empty(F, dtype=W.dtype)  # (F,)
+
+    def share(lo, hi):  # rows lo:hi of dx, and the same fraction of dW's rows and db
+        # out = x @ W + b
+        np.matmul(dout2[lo:hi], W.T, out=dx[lo:hi])
+        d_lo, d_hi = _same_fraction(lo, hi, N, D)
+        np.matmul(x2[:, d_lo:d_hi].T, dout2, out=dW[d_lo:d_hi])
+        f_lo, f_hi = _same_fraction(lo, hi, N, F)
+        np.sum(dout2[:, f_lo:f_hi], axis=0, out=db[f_lo:f_hi])
+
+    run_chunks(N, share, work_per_item=2 * D * F, products=True)
+    return dx.reshape(x.shape), dW, db  # (..., D), (D, F), (F,)

@@ -118,18 +118,8 @@ class LinearCache(NamedTuple):
     W: np.ndarray  # (D, F)
 
 
-def linear_forward(x, W, b):
-    """out = x @ W + b with W shaped (in, out)."""
-    return linear_forward_with(np.matmul, x, W, b)
-
-
-def linear_backward(dout, cache):
-    """Returns (dx, dW, db)."""
-    return linear_backward_with(np.matmul, dout, cache)
-
-
-def linear_forward_with(matmul, x, W, b):
-    """:func:`linear_forward` with its GEMM done by ``matmul(a, b)`` (both backends share it)."""
+def check_linear_inputs(x, W, b):
+    """Checks shared by both linear_forward backends; returns (D, F)."""
     check_float_array("W", W, ndim=2)
     check_float_array("x", x, min_ndim=1, dtype=W.dtype)
     check_float_array("b", b, ndim=1, dtype=W.dtype)
@@ -137,22 +127,34 @@ def linear_forward_with(matmul, x, W, b):
     if x.shape[-1] != D:
         raise ValueError(f"x has last dimension {x.shape[-1]} but W expects {D} input features")
     check_shape("b", b, (F,))
+    return D, F
+
+
+def check_linear_backward_inputs(dout, cache):
+    """Checks shared by both linear_backward backends."""
+    x, W = cache
+    check_float_array("dout", dout, dtype=W.dtype)
+    check_shape("dout", dout, x.shape[:-1] + (W.shape[1],))
+
+
+def linear_forward(x, W, b):
+    """out = x @ W + b with W shaped (in, out)."""
+    D, F = check_linear_inputs(x, W, b)
     # one (N, D) @ (D, F) GEMM: a 3-D @ 2-D matmul would call BLAS once per batch row
-    out = matmul(x.reshape(-1, D), W).reshape(x.shape[:-1] + (F,))  # (..., F)
+    out = (x.reshape(-1, D) @ W).reshape(x.shape[:-1] + (F,))  # (..., F)
     out += b  # in place: out is a fresh array
     return out, LinearCache(x, W)
 
 
-def linear_backward_with(matmul, dout, cache):
-    """:func:`linear_backward` with its GEMMs done by ``matmul(a, b)``."""
+def linear_backward(dout, cache):
+    """Returns (dx, dW, db)."""
+    check_linear_backward_inputs(dout, cache)
     x, W = cache
-    check_float_array("dout", dout, dtype=W.dtype)
-    check_shape("dout", dout, x.shape[:-1] + (W.shape[1],))
     # out = x @ W + b
     x2 = x.reshape(-1, W.shape[0])  # (N, D)
     dout2 = dout.reshape(-1, W.shape[1])  # (N, F)
-    dx = matmul(dout2, W.T).reshape(x.shape)  # (..., D)
-    dW = matmul(x2.T, dout2)  # (D, F)
+    dx = (dout2 @ W.T).reshape(x.shape)  # (..., D)
+    dW = x2.T @ dout2  # (D, F)
     db = dout2.sum(axis=0)  # (F,)
     return dx, dW, db
 

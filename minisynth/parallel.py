@@ -181,17 +181,20 @@ def _bounds(n, parts):
     return [n * i // parts for i in range(parts + 1)]
 
 
-def run_chunks(n, work, elements_per_item=1):
+def run_chunks(n, work, work_per_item=1, products=False):
     """Call ``work(lo, hi)`` on contiguous chunks covering ``range(n)``, one per thread, at once.
 
-    ``work`` must release the GIL to gain anything (a ``nogil`` Numba kernel, a
-    NumPy ufunc) and must write only what belongs to its chunk. Runs ``work(0,
-    n)`` in the calling thread when there is one thread, fewer than two items,
-    under :data:`MIN_SPLIT_ELEMENTS` elements of work (``n *
-    elements_per_item``), or while another split is running.
+    ``work`` must release the GIL to gain anything (a ``nogil`` Numba kernel,
+    NumPy's ufuncs and matmul) and must write only what belongs to its chunk.
+    NumPy's OpenBLAS is single-threaded meanwhile. Runs ``work(0, n)`` in the
+    calling thread when there is one thread, fewer than two items, too little
+    work (``n * work_per_item`` below :data:`MIN_SPLIT_ELEMENTS`, or below
+    :data:`MIN_SPLIT_WORK` multiply-adds with ``products``), or while another
+    split is running.
     """
     threads = min(thread_count(), n)
-    if threads >= 2 and n * elements_per_item >= MIN_SPLIT_ELEMENTS:
+    floor = MIN_SPLIT_WORK if products else MIN_SPLIT_ELEMENTS
+    if threads >= 2 and n * work_per_item >= floor:
         bounds = _bounds(n, threads)
         shares = [functools.partial(work, lo, hi) for lo, hi in itertools.pairwise(bounds)]
         if _run_shares(threads, shares):
