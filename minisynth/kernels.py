@@ -753,17 +753,15 @@ def linear_forward(x, W, b):
     return out.reshape(x.shape[:-1] + (F,)), layers.LinearCache(x, W)  # (..., F)
 
 
-def _same_fraction(lo, hi, n, m):
-    """The part of range(m) that lo:hi is of range(n) (all of it when n is 0)."""
-    return (lo * m // n, hi * m // n) if n else (0, m)
-
-
 @_twin_of(layers.linear_backward)
 def linear_backward(dout, cache):
-    """Twin of :func:`minisynth.layers.linear_backward`: dx, dW and db split over threads.
+    """Twin of :func:`minisynth.layers.linear_backward`: the rows split over threads.
 
-    Thread k of n computes the k-th share of the rows of dx, of the rows of dW
-    and of the entries of db, all in one hand-off.
+    Each thread takes a share of the rows of x and dout and computes those rows
+    of dx, plus the partial dW and db over its rows (each input row is read by
+    one thread only); the partials are then added in row order. Splitting dW
+    by its own rows instead was up to 2x slower (each thread then reads all of
+    dout).
     """
     layers.check_linear_backward_inputs(dout, cache)
     x, W = cache
@@ -772,16 +770,17 @@ def linear_backward(dout, cache):
     dout2 = dout.reshape(-1, F)  # (N, F)
     N = x2.shape[0]
     dx = np.empty((N, D), dtype=W.dtype)  # (N, D)
-    dW = np.empty((D, F), dtype=W.dtype)  # (D, F)
-    db = np.empty(F, dtype=W.dtype)  # (F,)
+    partials = {}  # first row of a share -> (dW over its rows (D, F), db over its rows (F,))
 
-    def share(lo, hi):  # rows lo:hi of dx, and the same fraction of dW's rows and db
+    def share(lo, hi):
         # out = x @ W + b
         np.matmul(dout2[lo:hi], W.T, out=dx[lo:hi])
-        d_lo, d_hi = _same_fraction(lo, hi, N, D)
-        np.matmul(x2[:, d_lo:d_hi].T, dout2, out=dW[d_lo:d_hi])
-        f_lo, f_hi = _same_fraction(lo, hi, N, F)
-        np.sum(dout2[:, f_lo:f_hi], axis=0, out=db[f_lo:f_hi])
+        partials[lo] = (x2[lo:hi].T @ dout2[lo:hi], dout2[lo:hi].sum(axis=0))
 
     run_chunks(N, share, work_per_item=2 * D * F, products=True)
+    in_row_order = [partials[lo] for lo in sorted(partials)]
+    dW, db = in_row_order[0]
+    for dW_part, db_part in in_row_order[1:]:
+        dW += dW_part  # in place: dW is the first share's fresh array
+        db += db_part
     return dx.reshape(x.shape), dW, db  # (..., D), (D, F), (F,)
