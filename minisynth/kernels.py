@@ -170,12 +170,9 @@ THREADED_PRODUCTS = layers.Products(threaded_matmul, threaded_causal_matmul)
 
 # ------------------------------------------------------------------- layer norm
 @jit(**JIT_OPTS)
-def _layernorm_forward_rows(x, g, b, eps):
-    """Layer norm of each row: returns out (N, C), xhat (N, C), rstd (N,)."""
+def _layernorm_forward_rows(x, g, b, eps, out, xhat, rstd):
+    """Layer norm of each row of x (N, C) into out (N, C), xhat (N, C), rstd (N,)."""
     N, C = x.shape
-    out = np.empty_like(x)  # (N, C)
-    xhat = np.empty_like(x)  # (N, C)
-    rstd = np.empty(N, dtype=x.dtype)  # (N,)
     for i in prange(N):  # each iteration writes row i only
         s = 0.0  # float64 accumulator
         for j in range(C):
@@ -192,17 +189,14 @@ def _layernorm_forward_rows(x, g, b, eps):
             xh = (x[i, j] - mu) * r
             xhat[i, j] = xh
             out[i, j] = xh * g[j] + b[j]
-    return out, xhat, rstd
 
 
 @jit(**JIT_OPTS)
-def _layernorm_backward_rows(dout, xhat, rstd, g):
-    """Layer norm backward on rows: returns dx (N, C), dg (C,), db (C,)."""
+def _layernorm_backward_rows(dout, xhat, rstd, g, dx, dg_part, db_part):
+    """Layer norm backward on rows (N, C) into dx (N, C), and the float64 partial sums of
+    dg and db over each block of ROW_BLOCK rows into dg_part, db_part (n_blocks, C)."""
     N, C = dout.shape
-    dx = np.empty_like(dout)  # (N, C)
-    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
-    dg_part = np.empty((n_blocks, C), dtype=np.float64)  # (n_blocks, C) one row per block
-    db_part = np.empty((n_blocks, C), dtype=np.float64)  # (n_blocks, C)
+    n_blocks = dg_part.shape[0]
     for k in prange(n_blocks):  # each iteration writes rows k*ROW_BLOCK.. of dx, row k of parts
         dg_acc = np.zeros(C)  # (C,) private to this block
         db_acc = np.zeros(C)  # (C,)
@@ -224,17 +218,6 @@ def _layernorm_backward_rows(dout, xhat, rstd, g):
                 dx[i, j] = r * (dout[i, j] * g[j] - m1 - xhat[i, j] * m2)
         dg_part[k] = dg_acc
         db_part[k] = db_acc
-    dg = np.empty(C, dtype=dout.dtype)  # (C,)
-    db = np.empty(C, dtype=dout.dtype)  # (C,)
-    for j in range(C):  # serial, in block order: deterministic
-        sg = 0.0
-        sb = 0.0
-        for k in range(n_blocks):
-            sg += dg_part[k, j]
-            sb += db_part[k, j]
-        dg[j] = sg
-        db[j] = sb
-    return dx, dg, db
 
 
 @_falls_back_to(layers.layernorm_forward)
@@ -250,9 +233,18 @@ def layernorm_forward(x, g, b, eps=LAYERNORM_EPS):
     check_shape("b", b, (C,))
     if x.shape[-1] != C:
         raise ValueError(f"x has last dimension {x.shape[-1]} but the gain has length {C}")
-    out, xhat, rstd = _layernorm_forward_rows(
-        _rows(x, C), np.ascontiguousarray(g), np.ascontiguousarray(b), float(eps)
-    )  # (N, C), (N, C), (N,)
+    x2, g, b, eps = _rows(x, C), np.ascontiguousarray(g), np.ascontiguousarray(b), float(eps)
+    N = x2.shape[0]
+    out = np.empty_like(x2)  # (N, C)
+    xhat = np.empty_like(x2)  # (N, C)
+    rstd = np.empty(N, dtype=x2.dtype)  # (N,)
+    run_chunks(
+        N,
+        lambda lo, hi: _layernorm_forward_rows(
+            x2[lo:hi], g, b, eps, out[lo:hi], xhat[lo:hi], rstd[lo:hi]
+        ),
+        work_per_item=C,
+    )
     cache = LayerNormCache(
         xhat.reshape(x.shape),  # (..., C)
         rstd.reshape(x.shape[:-1] + (1,)),  # (..., 1)
@@ -268,9 +260,23 @@ def layernorm_backward(dout, cache):
     check_float_array("dout", dout, dtype=g.dtype)
     check_shape("dout", dout, xhat.shape)
     C = g.shape[0]
-    dx, dg, db = _layernorm_backward_rows(
-        _rows(dout, C), _rows(xhat, C), _flat(rstd), np.ascontiguousarray(g)
-    )  # (N, C), (C,), (C,)
+    dout2, xhat2, rstd1, g = _rows(dout, C), _rows(xhat, C), _flat(rstd), np.ascontiguousarray(g)
+    N = dout2.shape[0]
+    dx = np.empty_like(dout2)  # (N, C)
+    n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
+    dg_part = np.empty((n_blocks, C))  # (n_blocks, C) float64 partial sums, one row per block
+    db_part = np.empty((n_blocks, C))  # (n_blocks, C)
+
+    def blocks(lo, hi):  # row blocks lo:hi, in one thread
+        rows = slice(lo * ROW_BLOCK, min(N, hi * ROW_BLOCK))
+        _layernorm_backward_rows(
+            dout2[rows], xhat2[rows], rstd1[rows], g, dx[rows], dg_part[lo:hi], db_part[lo:hi]
+        )
+
+    run_chunks(n_blocks, blocks, work_per_item=ROW_BLOCK * C)
+    # summed over blocks in block order, whatever the thread count: deterministic
+    dg = dg_part.sum(axis=0).astype(dout.dtype)  # (C,)
+    db = db_part.sum(axis=0).astype(dout.dtype)  # (C,)
     return dx.reshape(dout.shape), dg, db  # (..., C), (C,), (C,)
 
 

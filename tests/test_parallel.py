@@ -305,3 +305,29 @@ def test_causal_matmul_rejects_bad_input():
             fn(np.ones((3, 3)), np.ones((4, 2)))
         with pytest.raises(TypeError, match="dtype"):
             fn(np.ones((3, 3)), np.ones((3, 2), dtype=np.float32))
+
+
+# ------------------------------------------------------------- row kernels in chunks
+@needs_openblas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_kernels_split_over_threads_give_the_same_bits(dtype):
+    """Layer norm and GELU on chunks of rows in two threads equal the one-thread run exactly
+    (too small to split by default; dg and db are summed over the same row blocks)."""
+    rng = np.random.default_rng(7)
+    x = uniform(rng, (5, 70, 8), dtype=dtype)  # 350 rows: 6 blocks of ROW_BLOCK = 64
+    g = uniform(rng, (8,), dtype=dtype)
+    b = uniform(rng, (8,), dtype=dtype)
+    dout = upstream(rng, x.shape, dtype)
+
+    def run():
+        out, cache = kernels.layernorm_forward(x, g, b)
+        grads = kernels.layernorm_backward(dout, cache)
+        gelu, gelu_cache = kernels.gelu_forward(x)
+        return [out, *cache[:2], *grads, gelu, kernels.gelu_backward(dout, gelu_cache)]
+
+    alone = run()
+    with splitting_everything() as splits:
+        threaded = run()
+    assert len(splits) == 4  # every one of the four calls split
+    for a, t in zip(alone, threaded, strict=True):
+        np.testing.assert_array_equal(t, a)
