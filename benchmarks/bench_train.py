@@ -41,8 +41,11 @@ transplanted weights to float32 rounding, or the script stops: a fast wrong
 model is no baseline. Without torch installed the minisynth columns still run
 (torch comes with the ``bench`` extra).
 
-FLOP count (matmuls only, as every path computes them: full T x T attention,
-the masked half included). N = B*T tokens, hs = C/H; per block, forward:
+FLOP count (matmuls only, full T x T attention with the masked half included,
+as PyTorch and minisynth's NumPy path compute it; minisynth's Numba path skips the
+blocks above the diagonal in the products with a causal map: P @ v, P^T @ do,
+dS @ k, dS^T @ q and Dense's dS @ W2^T, dS^T @ hid, so its GFLOP/s is an
+effective rate over the same count). N = B*T tokens, hs = C/H; per block, forward:
 
     value + output projections   2 * 2 N C^2
     MLP (C -> 4C -> C)           2 * 2 N C (4C)          = 16 N C^2
@@ -276,8 +279,11 @@ def setup_path(spec):
     if path == "numba":
         import numba
 
+        from minisynth import parallel
+
         numba.set_num_threads(threads)
         facts["numba_threads"] = numba.get_num_threads()
+        facts["split_threads"] = parallel.thread_count()
 
     def step():
         loss, grads = model.loss_and_grads(x, y)
@@ -861,7 +867,10 @@ def main(argv=None):
     threads = f"{args.threads} requested; NumPy BLAS {mm['blas']}"
     if numba_r:
         threads += (
-            f"; Numba {numba_r['numba_threads']} ({numba_r['threading_layer']} threading layer)"
+            f"; minisynth Numba path: {numba_r['split_threads']} threads of its own "
+            "(minisynth.parallel: products and row kernels split, OpenBLAS single-threaded "
+            f"in each; Numba's pool, {numba_r['numba_threads']} threads, "
+            f"{numba_r['threading_layer']} layer, is unused)"
         )
     if torch_r:
         threads += f"; torch {torch_r['torch_threads']} intra-op"
