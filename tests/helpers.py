@@ -6,7 +6,7 @@ from unittest import mock
 import numpy as np
 from hypothesis import strategies as st
 
-from minisynth import parallel
+from minisynth import kernels, parallel
 from minisynth.gradcheck import DEFAULT_STEP, numerical_gradient_array, rel_error
 
 # command-line sizes of a model that trains in a fraction of a second
@@ -87,10 +87,11 @@ OPENBLAS = parallel.numpy_openblas()
 def splitting_everything(causal_block=2):
     """Make every product and row kernel split, even tiny ones; yields the list of splits.
 
-    OpenBLAS on 2 threads, no size floors, and causal products in blocks of
-    ``causal_block`` rows, so small test shapes take the threaded paths that
-    full-size training takes. Without NumPy's OpenBLAS nothing can split: the
-    list stays empty, and tests that need a split should skip.
+    OpenBLAS on 2 threads, no size floors, causal products in blocks of
+    ``causal_block`` rows, and cache-sized steps of one attention map, so small
+    test shapes take the threaded and blocked paths that full-size training takes.
+    Without NumPy's OpenBLAS nothing can split: the list stays empty, and tests
+    that need a split should skip.
     """
     splits = []
     if OPENBLAS is None:
@@ -104,6 +105,7 @@ def splitting_everything(causal_block=2):
             mock.patch.object(parallel, "MIN_SPLIT_WORK", 0),
             mock.patch.object(parallel, "MIN_SPLIT_ELEMENTS", 0),
             mock.patch.object(parallel, "CAUSAL_BLOCK", causal_block),
+            mock.patch.object(kernels, "CACHE_BYTES", 1),
             mock.patch.object(parallel, "_workers", lambda n: splits.append(n) or real_workers(n)),
         ):
             yield splits
