@@ -1,4 +1,4 @@
-"""Batched matrix products split over Python threads, NumPy's BLAS single-threaded in each.
+"""The Numba path's threads: matrix products and row kernels split over a small pool.
 
 Attention multiplies B*H small matrices at a time (q @ k^T is 128 products of
 256 x 32 by 32 x 256 at the benchmark size). ``np.matmul`` loops over them and
@@ -7,18 +7,29 @@ products over its threads and synchronises them each time, so on 2 cores a
 batched product is hardly faster than on one (measured: 10.0 ms on 2 threads,
 10.7 ms on 1). Splitting the *batch* instead, each Python thread running its
 share through single-threaded BLAS (``np.matmul`` releases the GIL while it
-computes), takes 6.4 ms (``python benchmarks/bench_kernels.py``).
+computes), takes 6.4 ms.
 
-OpenBLAS's thread count is a process-wide setting, so :func:`threaded_matmul`
-lowers it to 1 only while a split product runs, under a lock, and restores it
-after (a pair of calls costs about 1 microsecond). The number of threads used
-is OpenBLAS's own count, so ``OPENBLAS_NUM_THREADS=1`` turns splitting off.
+* :func:`threaded_matmul`: ``a @ b`` with the batch (or the rows) split.
+* :func:`threaded_causal_matmul`: ``L @ x`` or ``L^T @ x`` for causal maps L
+  (zero above the diagonal), in row blocks that leave out the zero half.
+* :func:`run_chunks`: a ``nogil`` Numba kernel (or NumPy ufuncs) on chunks of
+  rows, one chunk per thread.
+
+The calling thread takes the first share and a ``ThreadPoolExecutor`` the
+others. OpenBLAS's thread count is a process-wide setting, so it is lowered to
+1 only while a split runs, under a lock, and restored after (a pair of calls
+costs about 1 microsecond). The number of threads is OpenBLAS's own count, so
+``OPENBLAS_NUM_THREADS=1`` turns splitting off. Once a product has run on
+several OpenBLAS threads, OpenBLAS's idle workers keep spinning for a while and
+take a core from the next split: that slowed a whole training step by a third,
+so every product of a training step goes through this module.
 
 When NumPy's BLAS is not an OpenBLAS whose thread count this module can find
 (another BLAS, an unusual build, a platform without the library files it looks
-for), :func:`threaded_matmul` is plain ``np.matmul``: same results, no
-splitting. Each output matrix is computed by one BLAS call either way, so the
-split changes no result bit (tested).
+for), nothing splits: plain ``np.matmul`` and one thread, same results. A batch
+split changes no result bit (each output matrix is the same BLAS call); a row
+split or a causal product may change the last bits (tested against the
+NumPy twins to rounding).
 """
 
 from __future__ import annotations
