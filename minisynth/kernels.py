@@ -20,7 +20,9 @@ Conventions
 * All jit options live in :data:`JIT_OPTS` / :data:`PARALLEL_JIT_OPTS`. fastmath
   is an explicit flag set without ``nnan`` / ``ninf``: masked logits are ``-inf``
   and must stay ``-inf`` (``exp(-inf) = 0``).
-* The kernels are compiled serially (see :data:`PARALLEL_JIT_OPTS` for why).
+* The kernels are compiled serially (see :data:`PARALLEL_JIT_OPTS` for why) and
+  ``nogil``; the wrappers run them on chunks of rows in the threads of
+  :mod:`minisynth.parallel`, which also runs the matrix products.
   Their ``prange`` loops run only over the index that one iteration writes (a
   row, a block of rows, an element); no prange body does ``+=`` into an array
   shared between iterations, so they stay correct if compiled in parallel.
@@ -103,8 +105,10 @@ JIT_OPTS = dict(nopython=True, nogil=True, cache=True, error_model="numpy", fast
 # parallel=True does not pay on the 2-core target, so no kernel uses it (measured
 # by benchmarks/bench_kernels.py, which compiles the same functions with these
 # options): alone, 2 threads are up to 2x faster, but in a training step each
-# kernel follows a BLAS matmul whose OpenBLAS worker keeps spinning on the other
-# core, and a Numba parallel region then waits for a time slice (several ms).
+# kernel follows a BLAS matmul, and Numba's parallel region then competes with
+# spinning BLAS workers; a whole step compiled this way was 30% slower than the
+# serial kernels run on chunks in minisynth.parallel's threads, which also run
+# the products (OpenBLAS single-threaded in each), so nothing spins.
 # The row loops still use prange (serial under JIT_OPTS) and are written so that
 # switching them to these options is safe.
 PARALLEL_JIT_OPTS = dict(JIT_OPTS, parallel=True)

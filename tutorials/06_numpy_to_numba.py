@@ -622,7 +622,11 @@ assert wrong_blocks == 0
 # on the two-core target, a kernel alone runs up to 2x faster on two threads,
 # but in a training step every kernel follows a BLAS matrix product whose
 # worker thread keeps spinning on the other core for a while, and a Numba
-# parallel region then waits for it. Measure before you parallelise.
+# parallel region then waits for it. Instead, the kernels are compiled with
+# `nogil=True` and `minisynth.parallel` runs them on chunks of rows in a small
+# pool of Python threads, the same threads that run the matrix products with
+# OpenBLAS single-threaded in each, so no thread pool spins against another.
+# Measure before you parallelise.
 #
 # ## 6. Measure the speed-up
 #
