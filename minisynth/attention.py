@@ -181,7 +181,7 @@ class Dense(_DenseHidden):
         H, hs, T = W2.shape
         # S = hid @ W2[:, :, :T] + b2[:, :T]
         dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
-        # sum over b of per-(b, h) products: the (B,H,hs,T) partials are small, while
+        # sum over b of per-(b, h) products: the (B,H,T,hs) partials are small, while
         # regrouping dS to one (B*T, T) matrix per head would copy all of it
         dS_t_hid = products().probs_times(dS, hid, self.causal, transpose=True)  # (B,H,T,hs)
         dW2[:, :, :T] = dS_t_hid.sum(axis=0).swapaxes(-1, -2)  # hid^T @ dS = (dS^T @ hid)^T
@@ -343,8 +343,8 @@ class FactorizedRandom(Component):
         # S = R1[:, :T] @ R2[:, :T]^T
         dR1 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
         dR2 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
-        dR1[:, :T] = op("matmul")(dS, R2)
-        dR2[:, :T] = op("matmul")(dS.swapaxes(-1, -2), R1)
+        dR1[:, :T] = products().probs_times(dS, R2, self.causal)  # (H,T,k) dS @ R2
+        dR2[:, :T] = products().probs_times(dS, R1, self.causal, transpose=True)  # dS^T @ R1
         return None, {"R1": dR1, "R2": dR2}
 
 

@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_gradient_close
+from helpers import assert_gradient_close, splitting_everything
 
 from minisynth import ModelConfig, SynthesizerLM, use_backend
 from minisynth.gradcheck import numerical_gradient
@@ -72,6 +72,28 @@ def test_whole_model_gradient_check(kind, backend):
         for name, p in model.params.items():
             numeric = numerical_gradient(lambda: model.loss(idx, targets), p, h=1e-4)
             assert_gradient_close(f"{kind}: {name}", grads[name], numeric)
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_threaded_paths_give_the_gradients_checked_above(kind):
+    """The Numba path with every product and row kernel split over two threads and causal
+    products in blocks of 2 rows (as at full size; here T = 8) gives the loss and gradients
+    of the unsplit Numba path, which the finite-difference check above holds to the truth."""
+    cfg = ModelConfig(vocab_size=7, d_model=8, n_heads=2, n_layers=2, max_len=8, attention=kind)
+    rng = np.random.default_rng(1)
+    idx = rng.integers(0, 7, size=(3, 8))
+    targets = rng.integers(0, 7, size=(3, 8))
+    with use_backend("numba"):
+        model = SynthesizerLM(cfg, seed=3, dtype=np.float64)
+        for p in model.params.values():
+            p += rng.uniform(-0.3, 0.3, p.shape)
+        loss, grads = model.loss_and_grads(idx, targets)
+        with splitting_everything() as splits:
+            loss_split, grads_split = model.loss_and_grads(idx, targets)
+    assert splits  # the threaded paths ran
+    assert loss_split == pytest.approx(loss, rel=1e-13)
+    for name, g in grads.items():
+        np.testing.assert_allclose(grads_split[name], g, rtol=1e-10, atol=1e-13, err_msg=name)
 
 
 def test_tied_embedding_gradient_sums_both_uses():
