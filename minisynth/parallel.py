@@ -213,16 +213,16 @@ def run_chunks(n, work, work_per_item=1, products=False):
     work(0, n)
 
 
-def _split_axis(shape, parts):
+def _split_axis(shape):
     """The axis of the output ``shape`` to split: the longest batch axis, else rows, else columns.
 
-    None when no candidate has ``parts`` entries.
+    None when no candidate has two entries.
     """
     batch = shape[:-2]
-    if batch and max(batch) >= parts:
+    if batch and max(batch) >= 2:
         return int(np.argmax(batch))
     for axis in (len(shape) - 2, len(shape) - 1):  # rows of a, then columns of b
-        if shape[axis] >= parts:
+        if shape[axis] >= 2:
             return axis
     return None
 
@@ -235,34 +235,32 @@ def threaded_matmul(a, b):
     axis, or for plain matrices the rows of ``a`` (else the columns of ``b``), so
     every output element is still one BLAS dot product over all of k. Splits only
     when NumPy's OpenBLAS is found and set to more than one thread, no other split
-    is running, and the product is large enough to pay for the hand-off.
+    is running, and the product is large enough to pay for the hand-off (see
+    :func:`run_chunks`).
     """
-    threads = thread_count()
     if a.ndim < 2 or b.ndim < 2:
         return np.matmul(a, b)  # vectors: nothing worth splitting
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     m, k = a.shape[-2:]
     n = b.shape[-1]
     shape = batch + (m, n)
-    axis = _split_axis(shape, threads)
-    if threads < 2 or axis is None or math.prod(shape) * k < MIN_SPLIT_WORK:
+    axis = _split_axis(shape)
+    if axis is None or thread_count() < 2:
         return np.matmul(a, b)
     out = np.empty(shape, dtype=np.result_type(a, b))  # (..., m, n)
     a = np.broadcast_to(a, batch + (m, k))  # (..., m, k) views: no copies
     b = np.broadcast_to(b, batch + (k, n))  # (..., k, n)
-    bounds = _bounds(shape[axis], threads)
-    shares = []
-    for lo, hi in itertools.pairwise(bounds):
+
+    def share(lo, hi):
         part = (slice(None),) * axis + (slice(lo, hi),)  # of the output
         if axis < len(batch):  # a batch axis: both operands follow
-            x, y = a[part], b[part]
+            np.matmul(a[part], b[part], out=out[part])
         elif axis == len(batch):  # rows: a's rows, all of b
-            x, y = a[part], b
+            np.matmul(a[part], b, out=out[part])
         else:  # columns: all of a, b's columns
-            x, y = a, b[part]
-        shares.append(functools.partial(np.matmul, x, y, out=out[part]))
-    if not _run_shares(threads, shares):  # another split is running: not twice
-        np.matmul(a, b, out=out)
+            np.matmul(a, b[part], out=out[part])
+
+    run_chunks(shape[axis], share, work_per_item=math.prod(shape) // shape[axis] * k, products=True)
     return out
 
 
@@ -284,24 +282,24 @@ def threaded_causal_matmul(L, x, transpose=False):
     """``L @ x`` (``L^T @ x`` if ``transpose``) for causal maps L (..., T, T), split over threads.
 
     L must be zero above the diagonal; blocks wholly above it are never read. x is
-    (..., T, n) and leading dimensions broadcast. The batch is split over the
-    threads as in :func:`threaded_matmul` (one thread when it cannot be split).
+    (..., T, n) and leading dimensions broadcast. The longest batch axis is split
+    over the threads (:func:`run_chunks`); without one, it runs in this thread.
     """
     T, n = L.shape[-1], x.shape[-1]
     batch = np.broadcast_shapes(L.shape[:-2], x.shape[:-2])
     out = np.empty(batch + (T, n), dtype=np.result_type(L, x))  # (..., T, n)
     L = np.broadcast_to(L, batch + (T, T))  # (..., T, T) views: no copies
     x = np.broadcast_to(x, batch + (T, n))  # (..., T, n)
-    threads = thread_count()
-    axis = int(np.argmax(batch)) if batch else None
-    if threads >= 2 and axis is not None and batch[axis] >= 2:
-        threads = min(threads, batch[axis])
-        bounds = _bounds(batch[axis], threads)
-        shares = []
-        for lo, hi in itertools.pairwise(bounds):
-            part = (slice(None),) * axis + (slice(lo, hi),)
-            shares.append(functools.partial(_causal_blocks, L[part], x[part], out[part], transpose))
-        if math.prod(out.shape) * T >= MIN_SPLIT_WORK and _run_shares(threads, shares):
-            return out
-    _causal_blocks(L, x, out, transpose)
+    if not batch:
+        _causal_blocks(L, x, out, transpose)
+        return out
+    axis = int(np.argmax(batch))
+
+    def share(lo, hi):
+        part = (slice(None),) * axis + (slice(lo, hi),)
+        _causal_blocks(L[part], x[part], out[part], transpose)
+
+    run_chunks(
+        batch[axis], share, work_per_item=math.prod(out.shape) // batch[axis] * T, products=True
+    )
     return out
