@@ -74,7 +74,6 @@ reference), and the "spread" column is (max - min) / median of the noisiest path
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import os
@@ -361,7 +360,7 @@ def run_matmul_worker(spec):
 
 
 def blas_runtime_info():
-    """What NumPy's BLAS runs with: threadpoolctl if installed, else OpenBLAS asked via ctypes.
+    """What NumPy's BLAS runs with: threadpoolctl if installed, else minisynth's OpenBLAS lookup.
 
     The kernel OpenBLAS picks at run time (e.g. Haswell vs SkylakeX) depends on the
     CPU and on OPENBLAS_CORETYPE, so the build-time summary alone is not enough.
@@ -380,28 +379,14 @@ def blas_runtime_info():
         pass
     import numpy as np
 
-    try:
-        libs = sorted(
-            {line.split()[-1] for line in open("/proc/self/maps") if "openblas" in line.lower()}
+    from minisynth.parallel import numpy_openblas
+
+    blas = numpy_openblas()
+    if blas is not None:
+        return (
+            f"{blas.config}, core {blas.corename}, {blas.get_num_threads()} threads "
+            "(OpenBLAS via ctypes)"
         )
-        for lib_path in libs:
-            lib = ctypes.CDLL(lib_path)
-            for prefix in ("scipy_openblas_", "openblas_"):
-                for suffix in ("64_", ""):
-                    try:
-                        config = getattr(lib, f"{prefix}get_config{suffix}")
-                        corename = getattr(lib, f"{prefix}get_corename{suffix}")
-                        nthreads = getattr(lib, f"{prefix}get_num_threads{suffix}")
-                    except AttributeError:
-                        continue
-                    config.restype = corename.restype = ctypes.c_char_p
-                    nthreads.restype = ctypes.c_int
-                    return (
-                        f"{' '.join(config().decode().split())}, core {corename().decode()}, "
-                        f"{nthreads()} threads (OpenBLAS via ctypes)"
-                    )
-    except OSError:
-        pass
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     return f"{blas.get('name')} {blas.get('version')} (build-time info: np.show_config)"
 

@@ -61,11 +61,12 @@ _THREAD_SYMBOLS = [
 
 
 class OpenBLAS:
-    """NumPy's OpenBLAS library: its file, config string and thread-count functions."""
+    """NumPy's OpenBLAS library: its file, config, run-time core and thread-count functions."""
 
-    def __init__(self, path, set_threads, get_threads, config):
+    def __init__(self, path, set_threads, get_threads, config, corename):
         self.path = path
         self.config = config  # e.g. "OpenBLAS 0.3.31 USE64BITINT DYNAMIC_ARCH ..."
+        self.corename = corename  # the kernel set picked for this CPU, e.g. "SkylakeX"
         self._set = set_threads
         self._get = get_threads
 
@@ -111,13 +112,21 @@ def _load_openblas():
                 continue
             set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
             get_threads.argtypes, get_threads.restype = [], ctypes.c_int
-            config = getattr(lib, get_name.replace("get_num_threads", "get_config"), None)
-            text = ""
-            if config is not None:
-                config.restype = ctypes.c_char_p
-                text = " ".join(config().decode(errors="replace").split())
-            return OpenBLAS(path, set_threads, get_threads, text)
+            config, corename = (
+                _string_function(lib, get_name.replace("get_num_threads", what))
+                for what in ("get_config", "get_corename")
+            )
+            return OpenBLAS(path, set_threads, get_threads, config, corename)
     return None
+
+
+def _string_function(lib, name):
+    """What the library's ``char *name(void)`` returns, whitespace-normalised ("" if absent)."""
+    fn = getattr(lib, name, None)
+    if fn is None:
+        return ""
+    fn.restype = ctypes.c_char_p
+    return " ".join(fn().decode(errors="replace").split())
 
 
 _openblas = None

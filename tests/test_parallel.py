@@ -50,6 +50,7 @@ def test_numpy_openblas_is_numpys_own():
         os.path.realpath(os.path.dirname(np.__file__))
     )  # numpy/ or numpy.libs/, never scipy's copy
     assert OPENBLAS.get_num_threads() >= 1
+    assert OPENBLAS.config.startswith("OpenBLAS") and OPENBLAS.corename  # what benchmarks print
 
 
 # (a shape, b shape) split along a batch axis: the very same BLAS call per matrix
