@@ -112,7 +112,9 @@ def run_one(out, kind, seed, data_spec, steps):
     print(f"== {kind} seed {seed}{' (resuming)' if resume else ''}", flush=True)
     t0 = time.perf_counter()
     try:
-        res = train(mc, tc, rdir, resume=resume, progress=sys.stderr.isatty(), log=print)
+        res = train(
+            mc, tc, rdir, resume=resume, force=not resume, progress=sys.stderr.isatty(), log=print
+        )
     finally:  # wall time survives interruptions
         rdir.mkdir(parents=True, exist_ok=True)
         elapsed_path.write_text(json.dumps({"wall_time_s": before + time.perf_counter() - t0}))

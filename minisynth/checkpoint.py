@@ -10,16 +10,24 @@ Layout of the archive (all keys are plain strings):
 * ``rng_state``: the data-sampling generator's state as a JSON string;
 * ``format``: the checkpoint format version.
 
+* ``data``: what the run trained on, as a JSON string (``spec``, ``size``,
+  ``sha256``; ``{}`` in checkpoints written before it existed), so that a resumed
+  run can refuse data that changed.
+
 A checkpoint is written to a temporary file in the same directory, flushed to
 disk, then renamed over the old one, so a crash or kill at any moment leaves
-either the previous complete checkpoint or the new complete one.
+either the previous complete checkpoint or the new complete one. The file gets
+the permissions the user's umask gives a new file, like any file ``open`` creates.
+
+Wherever a checkpoint is read, a run directory (the ``--out`` of ``minisynth
+train``) stands for the ``checkpoint.npz`` inside it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from .model import ModelConfig, SynthesizerLM
 
 FORMAT_VERSION = 1
 OPTIM_PREFIX = "optim."
+CHECKPOINT_NAME = "checkpoint.npz"
 
 
 class CheckpointError(ValueError):
@@ -39,7 +48,9 @@ def atomic_write(path, write):
     """Call ``write(file_object)`` on a temporary file, fsync it, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # os.open with mode 0o666 lets the kernel apply the umask (mkstemp would force 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -59,11 +70,13 @@ def atomic_write(path, write):
         pass
 
 
-def save_checkpoint(path, model, *, optimizer=None, step=0, rng=None, train_config=None):
-    """Write the model (and optionally optimizer, step, RNG state) to ``path`` atomically."""
+def save_checkpoint(path, model, *, optimizer=None, step=0, rng=None, train_config=None, data=None):
+    """Write the model (and optionally optimizer, step, RNG state, training settings
+    and the data's fingerprint) to ``path`` atomically."""
     arrays = {**model.params, **model.buffers}
     arrays["config"] = np.array(model.config.to_json())
     arrays["train_config"] = np.array(json.dumps(train_config or {}, sort_keys=True))
+    arrays["data"] = np.array(json.dumps(data or {}, sort_keys=True))
     arrays["step"] = np.array(int(step), dtype=np.int64)
     state = rng.bit_generator.state if rng is not None else {}
     arrays["rng_state"] = np.array(json.dumps(state))
@@ -73,13 +86,25 @@ def save_checkpoint(path, model, *, optimizer=None, step=0, rng=None, train_conf
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def read_checkpoint(path):
-    """Read a checkpoint file into a dict of arrays, with clear errors for bad files."""
+def checkpoint_path(path):
+    """``path`` itself, or ``path/checkpoint.npz`` when ``path`` is a run directory."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(
+                f"checkpoint {path} is a directory with no {CHECKPOINT_NAME} in it "
+                "(give a run directory written by `minisynth train`, or a .npz file)"
+            )
+        return path / CHECKPOINT_NAME
+    return path
+
+
+def read_checkpoint(path):
+    """Read a checkpoint file (or a run directory's) into a dict of arrays, with clear
+    errors for bad files."""
+    path = checkpoint_path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a directory, not a .npz file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
@@ -94,7 +119,9 @@ def read_checkpoint(path):
 
 
 def load_checkpoint(path, *, dtype=np.float32):
-    """(model, checkpoint dict) from ``path``; raises CheckpointError naming any problem."""
+    """(model, checkpoint dict) from a checkpoint file or a run directory; raises
+    CheckpointError naming any problem."""
+    path = checkpoint_path(path)
     data = read_checkpoint(path)
     try:
         config = ModelConfig.from_json(str(data["config"]))
@@ -122,10 +149,15 @@ def optimizer_state(data):
     return {k[n:]: v for k, v in data.items() if k.startswith(OPTIM_PREFIX)}
 
 
+def saved_json(data, key):
+    """A JSON entry of a checkpoint dict (``{}`` when an older checkpoint lacks it)."""
+    return json.loads(str(data.get(key, np.array("{}"))))
+
+
 def restore_rng(data):
     """A numpy Generator in the state saved in the checkpoint."""
     rng = np.random.default_rng()
-    state = json.loads(str(data.get("rng_state", np.array("{}"))))
+    state = saved_json(data, "rng_state")
     if not state:
         raise CheckpointError("the checkpoint holds no RNG state, so it cannot be resumed")
     rng.bit_generator.state = state

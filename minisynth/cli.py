@@ -35,6 +35,7 @@ def _number(convert, describe, ok):
 _positive_int = _number(int, "a positive integer", lambda v: v > 0)
 _nonneg_int = _number(int, "a non-negative integer", lambda v: v >= 0)
 _positive_float = _number(float, "a positive finite number", lambda v: 0 < v < float("inf"))
+_nonneg_float = _number(float, "a non-negative finite number", lambda v: 0 <= v < float("inf"))
 
 
 def _options(text):
@@ -49,45 +50,98 @@ def _options(text):
     return value
 
 
+class _Given(argparse.Action):
+    """Store the value and remember that the flag was typed (a resumed run refuses typed
+    flags that differ from the saved run, but takes the saved value of untyped ones)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
+def _flag_name(field):
+    return "--" + field.replace("_", "-")
+
+
 # ------------------------------------------------------------------------ commands
 def cmd_train(args):
-    from .model import ModelConfig
-    from .train import TrainConfig, train
+    import dataclasses
 
-    model_config = ModelConfig(
-        d_model=args.d_model,
-        n_heads=args.n_heads,
-        n_layers=args.n_layers,
-        max_len=args.max_len,
-        attention=args.attention,
-        attention_options=args.attention_options,
-    )
-    train_config = TrainConfig(
-        data=args.data,
-        batch_size=args.batch_size,
-        steps=args.steps,
-        lr=args.lr,
-        min_lr=min(args.min_lr, args.lr),
-        warmup_steps=min(args.warmup_steps, args.steps),
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        eval_interval=args.eval_interval,
-        log_interval=args.log_interval,
-        seed=args.seed,
-        sample_length=args.sample_length,
-    )
+    from .data import canonical_data_spec
+    from .model import ModelConfig
+    from .train import TrainConfig, resumed_schedule, saved_run, setting_differences, train
+
+    # the fields of both configs that are flags (vocab_size is fixed: bytes)
+    model_fields = [f.name for f in dataclasses.fields(ModelConfig) if hasattr(args, f.name)]
+    train_fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    given = getattr(args, "given", set())
+    model_values = {k: getattr(args, k) for k in model_fields}
+    train_values = {k: getattr(args, k) for k in train_fields}
+    train_values["data"] = canonical_data_spec(train_values["data"])
+    if args.resume:  # the saved run, with only the flags that were typed on top
+        saved_model, saved_train, _ = saved_run(args.out)
+        model_values = {
+            **dataclasses.asdict(saved_model),
+            **{k: v for k, v in model_values.items() if k in given},
+        }
+        if saved_train is not None:  # None: a checkpoint older than saved settings
+            steps = train_values["steps"] if "steps" in given else saved_train.steps
+            saved_train = resumed_schedule(saved_train, steps)
+            train_values = {
+                **dataclasses.asdict(saved_train),
+                **{k: v for k, v in train_values.items() if k in given},
+            }
+        requested_model = ModelConfig(**model_values)
+        differences = setting_differences(saved_model, requested_model)
+        if saved_train is not None:
+            differences += setting_differences(saved_train, train_values)
+        if differences:
+            raise ValueError(
+                f"--resume continues the run saved in {args.out}, but "
+                + "; ".join(
+                    f"{_flag_name(k)} was {_show(a)} there and is {_show(b)} here"
+                    for k, a, b in differences
+                )
+                + " (leave those flags out to continue it, or start a new run with another --out)"
+            )
+    if not args.resume:  # untyped defaults give way to typed flags (documented in --help)
+        if "min_lr" not in given:
+            train_values["min_lr"] = min(train_values["min_lr"], train_values["lr"])
+        if "warmup_steps" not in given:
+            train_values["warmup_steps"] = min(train_values["warmup_steps"], train_values["steps"])
+    if train_values["min_lr"] > train_values["lr"]:
+        raise ValueError(
+            f"--min-lr {train_values['min_lr']:g} is above --lr {train_values['lr']:g}; "
+            "the cosine schedule decays from --lr down to --min-lr"
+        )
+    if train_values["warmup_steps"] > train_values["steps"]:
+        raise ValueError(
+            f"--warmup-steps {train_values['warmup_steps']} is more than --steps "
+            f"{train_values['steps']}; the warmup must fit in the run"
+        )
     result = train(
-        model_config, train_config, args.out, resume=args.resume, progress=not args.quiet
+        ModelConfig(**model_values),
+        TrainConfig(**train_values),
+        args.out,
+        resume=args.resume,
+        force=args.force,
+        progress=not args.quiet,
     )
     print(
         f"final validation BPC: {result['val_bpc']:.4f} after {result['steps']} steps "
-        f"({result['wall_time_s']:.0f} s)"
+        f"({result['wall_time_s']:.0f} s); for scale, on the same split a uniform guess scores "
+        f"{result['uniform_bpc']:.2f} and the byte frequencies of the train split "
+        f"{result['unigram_bpc']:.2f}"
     )
     print(f"checkpoint: {result['checkpoint']}  metrics: {result['metrics']}")
     if "sample" in result:
         print("sample (after the first 64 validation bytes):")
         print(result["sample"])
     return 130 if result["interrupted"] else 0
+
+
+def _show(value):
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
 
 
 def cmd_eval(args):
@@ -197,130 +251,388 @@ def cmd_curves(args):
 
 
 # -------------------------------------------------------------------------- parser
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the example lines of each epilog as written."""
+
+
+def _examples(*lines):
+    return "examples:\n" + "\n".join("  " + line for line in lines)
+
+
+def _subcommand(sub, name, help, examples):
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=_examples(*examples),
+        formatter_class=_HelpFormatter,
+    )
+
+
+def _add_train_options(tr):
+    def option(flag, help, **kw):
+        tr.add_argument(flag, action=_Given, help=help, **kw)
+
+    option(
+        "--attention",
+        default=DEFAULT_ATTENTION,
+        help="attention kind: vanilla, dense, random, random_fixed, factorized_dense, "
+        "factorized_random, or a mixture joined by + such as dense+vanilla "
+        "(default: %(default)s)",
+    )
+    option(
+        "--attention-options",
+        type=_options,
+        default={},
+        help="options of the kind as a JSON object, e.g. '{\"k\": 8}' (factorized_random's "
+        "rank) or '{\"factors\": [8, 16]}' (factorized_dense, whose product must be "
+        "--max-len) (default: {}, the kind's own defaults)",
+    )
+    option(
+        "--d-model", type=_positive_int, default=128, help="model width C (default: %(default)s)"
+    )
+    option(
+        "--n-heads",
+        type=_positive_int,
+        default=4,
+        help="attention heads H; must divide --d-model (default: %(default)s)",
+    )
+    option(
+        "--n-layers",
+        type=_positive_int,
+        default=2,
+        help="Transformer blocks (default: %(default)s)",
+    )
+    option(
+        "--max-len",
+        type=_positive_int,
+        default=128,
+        help="context length L = T, in bytes; Dense and Random are tied to it "
+        "(default: %(default)s)",
+    )
+    option(
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        help="windows of --max-len bytes per step (default: %(default)s)",
+    )
+    option(
+        "--steps",
+        type=_positive_int,
+        default=1500,
+        help="total optimisation steps of the run; the only flag --resume lets you change "
+        "(default: %(default)s)",
+    )
+    option(
+        "--lr",
+        type=_positive_float,
+        default=3e-3,
+        help="peak learning rate of AdamW, reached after the warmup (default: %(default)s)",
+    )
+    option(
+        "--min-lr",
+        type=_nonneg_float,
+        default=3e-4,
+        help="learning rate at the end of the cosine decay; must not exceed --lr "
+        "(default: %(default)s, or --lr if that is lower)",
+    )
+    option(
+        "--warmup-steps",
+        type=_nonneg_int,
+        default=100,
+        help="steps of linear warmup from 0 to --lr; must not exceed --steps "
+        "(default: %(default)s, or --steps if the run is shorter)",
+    )
+    option(
+        "--weight-decay",
+        type=_nonneg_float,
+        default=0.1,
+        help="AdamW's decoupled weight decay, applied to weight matrices only (not to "
+        "biases, gains, the embeddings, the mixture weights alpha or the synthetic logits "
+        "R, R1, R2) (default: %(default)s)",
+    )
+    option(
+        "--grad-clip",
+        type=_nonneg_float,
+        default=1.0,
+        help="clip the global L2 norm of the gradients to this; 0 turns clipping off "
+        "(default: %(default)s)",
+    )
+    option(
+        "--eval-interval",
+        type=_positive_int,
+        default=250,
+        help="steps between validation BPC evaluations (over the whole validation split) "
+        "and checkpoints; the last step always evaluates (default: %(default)s)",
+    )
+    option(
+        "--log-interval",
+        type=_positive_int,
+        default=10,
+        help="steps between lines of metrics.jsonl (default: %(default)s)",
+    )
+    option(
+        "--sample-length",
+        type=_nonneg_int,
+        default=200,
+        help="bytes of text generated at the end of the run; 0 for none (default: %(default)s)",
+    )
+    option(
+        "--data",
+        default="bundled",
+        help="bundled (the 1 MiB enwik8 prefix shipped with minisynth), enwik8 (after "
+        "'minisynth data fetch') or a path to any file, split 90/5/5 into train/val/test "
+        "(default: %(default)s)",
+    )
+    option(
+        "--seed",
+        type=_nonneg_int,
+        default=0,
+        help="seed of the initial weights, the batches and the end sample (default: %(default)s)",
+    )
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minisynth",
         description="Synthesizer attention (Tay et al., 2020) from scratch in NumPy and Numba.",
+        epilog=_examples(
+            "minisynth train                      # the default Dense model, a few minutes",
+            "minisynth train --help               # every option of a command",
+        ),
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"minisynth {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    tr = sub.add_parser("train", help="train a character-level Synthesizer LM on enwik8")
-    tr.add_argument(
-        "--attention",
-        default=DEFAULT_ATTENTION,
-        help="attention kind: vanilla, dense, random, random_fixed, "
-        "factorized_dense, factorized_random, or a mixture such as "
-        "dense+vanilla (default: %(default)s)",
+    tr = _subcommand(
+        sub,
+        "train",
+        "train a character-level Synthesizer LM on enwik8",
+        [
+            "minisynth train --attention random --out runs/random",
+            "minisynth train --out runs/random --resume --steps 3000   # continue, or extend",
+            "minisynth train --data notes.txt --max-len 64 --out runs/notes --force",
+        ],
     )
+    _add_train_options(tr)
     tr.add_argument(
-        "--attention-options",
-        type=_options,
-        default={},
-        help="JSON options, e.g. '{\"k\": 8}' or '{\"factors\": [8, 16]}'",
+        "--out",
+        default="runs/default",
+        help="run directory: checkpoint.npz and metrics.jsonl go here (default: %(default)s)",
     )
-    tr.add_argument("--d-model", type=_positive_int, default=128)
-    tr.add_argument("--n-heads", type=_positive_int, default=4)
-    tr.add_argument("--n-layers", type=_positive_int, default=2)
-    tr.add_argument("--max-len", type=_positive_int, default=128)
-    tr.add_argument("--batch-size", type=_positive_int, default=32)
-    tr.add_argument("--steps", type=_positive_int, default=1500)
-    tr.add_argument("--lr", type=_positive_float, default=3e-3)
-    tr.add_argument("--min-lr", type=float, default=3e-4)
-    tr.add_argument("--warmup-steps", type=_nonneg_int, default=100)
-    tr.add_argument("--weight-decay", type=float, default=0.1)
-    tr.add_argument("--grad-clip", type=float, default=1.0)
-    tr.add_argument("--eval-interval", type=_positive_int, default=250)
-    tr.add_argument("--log-interval", type=_positive_int, default=10)
-    tr.add_argument("--sample-length", type=_nonneg_int, default=200)
-    tr.add_argument(
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with its saved model, data and schedule; only "
+        "--steps may change (default: off)",
+    )
+    again.add_argument(
+        "--force",
+        action="store_true",
+        help="start over even if --out holds a run, deleting its checkpoint and metrics "
+        "(default: off: such a run is refused)",
+    )
+    tr.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    tr.set_defaults(handler=cmd_train, given=set())
+
+    ev = _subcommand(
+        sub,
+        "eval",
+        "bits per character of a checkpoint on a split",
+        [
+            "minisynth eval --checkpoint runs/default",
+            "minisynth eval --checkpoint runs/default/checkpoint.npz --split test",
+        ],
+    )
+    ev.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run directory or checkpoint .npz file (required)",
+    )
+    ev.add_argument(
         "--data",
         default="bundled",
-        help="bundled (the 1 MiB prefix shipped with minisynth), enwik8 (after "
-        "'minisynth data fetch') or a path to any file (default: %(default)s)",
+        help="bundled, enwik8 or a file path, as for train (default: %(default)s)",
     )
-    tr.add_argument("--out", default="runs/default", help="output directory (default: %(default)s)")
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
-    tr.add_argument("--seed", type=_nonneg_int, default=0)
-    tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    tr.set_defaults(handler=cmd_train)
-
-    ev = sub.add_parser("eval", help="bits per character of a checkpoint on a split")
-    ev.add_argument("--checkpoint", required=True)
-    ev.add_argument("--data", default="bundled")
-    ev.add_argument("--split", choices=("val", "test"), default="val")
-    ev.add_argument("--batch-size", type=_positive_int, default=32)
+    ev.add_argument(
+        "--split", choices=("val", "test"), default="val", help="split (default: %(default)s)"
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        help="windows of max_len bytes per forward pass; changes speed, not the result "
+        "(default: %(default)s)",
+    )
     ev.set_defaults(handler=cmd_eval)
 
-    sa = sub.add_parser("sample", help="generate text from a checkpoint")
-    sa.add_argument("--checkpoint", required=True)
-    sa.add_argument("--prompt", default="\n")
-    sa.add_argument("--length", type=_nonneg_int, default=200)
-    sa.add_argument("--temperature", type=_positive_float, default=1.0)
-    sa.add_argument("--top-k", type=_positive_int, default=None)
-    sa.add_argument("--seed", type=_nonneg_int, default=0)
+    sa = _subcommand(
+        sub,
+        "sample",
+        "generate text from a checkpoint",
+        [
+            "minisynth sample --checkpoint runs/default",
+            'minisynth sample --checkpoint runs/default --prompt "The " --length 300 --top-k 10',
+        ],
+    )
+    sa.add_argument(
+        "--checkpoint",
+        required=True,
+        help="run directory or checkpoint .npz file (required)",
+    )
+    sa.add_argument(
+        "--prompt",
+        default="\n",
+        help="text to continue, encoded as UTF-8 bytes (default: a newline)",
+    )
+    sa.add_argument(
+        "--length", type=_nonneg_int, default=200, help="bytes to generate (default: %(default)s)"
+    )
+    sa.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=1.0,
+        help="divides the logits before sampling; below 1 is more conservative "
+        "(default: %(default)s)",
+    )
+    sa.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=None,
+        help="sample among the k most likely bytes only (default: all 256)",
+    )
+    sa.add_argument(
+        "--seed", type=_nonneg_int, default=0, help="sampling seed (default: %(default)s)"
+    )
     sa.set_defaults(handler=cmd_sample)
 
-    da = sub.add_parser("data", help="manage datasets")
+    da = _subcommand(
+        sub,
+        "data",
+        "manage datasets",
+        ["minisynth data fetch", "minisynth data fetch --dest ~/data/enwik8"],
+    )
     da_sub = da.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    fe = da_sub.add_parser("fetch", help="download, verify and cache the full enwik8")
+    fe = _subcommand(
+        da_sub,
+        "fetch",
+        "download, verify and cache the full enwik8 (36 MB zip, 100 MB unpacked)",
+        [
+            "minisynth data fetch",
+            "minisynth data fetch --url http://mirror.example/enwik8.zip",
+        ],
+    )
     fe.add_argument(
         "--dest",
         default=None,
-        help="directory (default: $MINISYNTH_DATA or the user cache directory)",
+        help="directory to keep it in (default: $MINISYNTH_DATA, else the user cache directory)",
     )
-    fe.add_argument("--url", default=None, help="mirror URL of enwik8.zip (checksums still apply)")
-    fe.add_argument("--quiet", action="store_true")
+    fe.add_argument(
+        "--url",
+        default=None,
+        help="mirror URL of enwik8.zip; the checksums still apply (default: the official "
+        "mattmahoney.net address)",
+    )
+    fe.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     fe.set_defaults(handler=cmd_data_fetch)
 
     def viz_input_args(p):
         src = p.add_mutually_exclusive_group()
-        src.add_argument("--text", help="input text (encoded as UTF-8 bytes)")
+        src.add_argument(
+            "--text", help="input text, encoded as UTF-8 bytes (default: use --from-split)"
+        )
         src.add_argument(
             "--from-split",
             choices=("train", "val", "test"),
-            help="take the input from the start of this split of --data (the default: val)",
+            help="take the input from the start of this split of --data (default: val)",
         )
         p.add_argument(
             "--length",
             type=_positive_int,
             default=None,
-            help="bytes taken with --from-split (default: the model's max_len)",
+            help="bytes taken with --from-split (default: the smallest max_len of the models)",
         )
-        p.add_argument("--data", default="bundled", help="data for --from-split (default: bundled)")
-        p.add_argument("--format", choices=("png", "svg", "pdf"), default=None, help="default png")
+        p.add_argument(
+            "--data", default="bundled", help="data for --from-split (default: %(default)s)"
+        )
+        p.add_argument(
+            "--format",
+            choices=("png", "svg", "pdf"),
+            default=None,
+            help="image format (default: png)",
+        )
         p.add_argument(
             "--scale",
             choices=("sqrt", "linear"),
             default="sqrt",
-            help="colour scale of the maps; sqrt shows spread-out attention (default: sqrt)",
+            help="colour scale of the maps; sqrt shows spread-out attention (default: %(default)s)",
         )
 
-    pl = sub.add_parser("plot", help="draw every layer and head's attention on one input")
-    pl.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    pl = _subcommand(
+        sub,
+        "plot",
+        "draw every layer and head's attention on one input",
+        [
+            'minisynth plot --checkpoint runs/default --text "<title>Anarchism</title>"',
+            "minisynth plot --checkpoint runs/default --from-split test --length 64 --format svg",
+        ],
+    )
+    pl.add_argument(
+        "--checkpoint", required=True, help="run directory or checkpoint .npz file (required)"
+    )
     viz_input_args(pl)
     pl.add_argument(
-        "--out", default=None, help="output directory (default: next to the checkpoint, plots/)"
+        "--out",
+        default=None,
+        help="output directory (default: plots/ next to the checkpoint)",
     )
     pl.set_defaults(handler=cmd_plot)
 
-    co = sub.add_parser("compare", help="the same input through several models, side by side")
+    co = _subcommand(
+        sub,
+        "compare",
+        "the same input through several models, side by side",
+        [
+            'minisynth compare runs/default runs/vanilla --text "The quick brown fox" --out cmp',
+            "minisynth compare runs/dense runs/random runs/vanilla --layer 0 --out cmp",
+        ],
+    )
     co.add_argument(
-        "checkpoints", nargs="+", metavar="CHECKPOINT", help="checkpoint files or run directories"
+        "checkpoints", nargs="+", metavar="CHECKPOINT", help="run directories or checkpoint files"
     )
     viz_input_args(co)
     co.add_argument(
-        "--layer", type=int, default=None, help="layer to compare (default: each model's last)"
+        "--layer",
+        type=int,
+        default=None,
+        help="layer to compare, counted from 0 (default: each model's last)",
     )
-    co.add_argument("--out", required=True, help="output directory")
+    co.add_argument("--out", required=True, help="output directory (required)")
     co.set_defaults(handler=cmd_compare)
 
-    cu = sub.add_parser("curves", help="training loss and validation BPC of one or more runs")
-    cu.add_argument("runs", nargs="+", metavar="RUN", help="run directory or metrics.jsonl file")
-    cu.add_argument(
-        "--out", required=True, help="image file (.png/.svg/.pdf) or directory (gets curves.png)"
+    cu = _subcommand(
+        sub,
+        "curves",
+        "training loss and validation BPC of one or more runs",
+        [
+            "minisynth curves runs/default --out curves.png",
+            "minisynth curves runs/dense runs/random --out figures --format svg",
+        ],
     )
-    cu.add_argument("--format", choices=("png", "svg", "pdf"), default=None)
+    cu.add_argument("runs", nargs="+", metavar="RUN", help="run directories or metrics.jsonl files")
+    cu.add_argument(
+        "--out",
+        required=True,
+        help="image file (.png/.svg/.pdf) or directory, which gets curves.<format> (required)",
+    )
+    cu.add_argument(
+        "--format",
+        choices=("png", "svg", "pdf"),
+        default=None,
+        help="image format when --out is a directory (default: png)",
+    )
     cu.set_defaults(handler=cmd_curves)
     return parser
 

@@ -367,6 +367,29 @@ def load_data(spec):
     return splits, _describe(f"file {path}", data.shape[0], splits)
 
 
+def canonical_data_spec(spec):
+    """``spec`` as a run saves it: ``bundled`` and ``enwik8`` as they are, a file path
+    made absolute (so that the run can be resumed from any working directory)."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if spec in ("bundled", "enwik8") or not isinstance(spec, str) or not spec:
+        return spec  # load_data names any problem
+    return str(Path(spec).expanduser().resolve())
+
+
+def data_fingerprint(spec, splits):
+    """What a run trains on: ``{"spec", "size", "sha256"}`` of the bytes behind ``splits``
+    (which cover the data in order, so this is the SHA-256 of the whole file)."""
+    digest = hashlib.sha256()
+    for part in splits.values():
+        digest.update(part)
+    return {
+        "spec": canonical_data_spec(spec),
+        "size": int(sum(part.size for part in splits.values())),
+        "sha256": digest.hexdigest(),
+    }
+
+
 # ---------------------------------------------------------------------------- batches
 def _check_window(data, block_size):
     n = data.shape[0]

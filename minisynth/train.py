@@ -8,6 +8,11 @@ JSON object per logged step.
 
 Resuming restores parameters, optimizer state, step and the data RNG, so an
 interrupted-and-resumed run reproduces the uninterrupted run's losses exactly.
+A resumed run is the checkpoint's run: its model, data and schedule come from the
+checkpoint; only the total number of steps may change. Settings that differ from
+the saved ones, and data that changed since the run started, are refused
+(:class:`RunConflict`), and so is a fresh run into a directory that already holds
+a run, unless ``force=True``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .backend import get_backend, op
-from .data import get_batch, iter_eval_windows, load_data
+from .data import canonical_data_spec, data_fingerprint, get_batch, iter_eval_windows, load_data
 from .model import SynthesizerLM
 from .optim import AdamW, clip_grad_norm, lr_schedule
 
 LN2 = math.log(2.0)
+CHECKPOINT_NAME = ckpt.CHECKPOINT_NAME
+METRICS_NAME = "metrics.jsonl"
 
 
 @dataclass
@@ -72,6 +79,52 @@ class TrainConfig:
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class RunConflict(ValueError):
+    """A run directory whose saved run does not match the request (overwrite or resume)."""
+
+
+def saved_run(out_dir):
+    """``(ModelConfig, TrainConfig or None, data fingerprint dict)`` of the run in ``out_dir``.
+
+    The TrainConfig is None (and the fingerprint ``{}``) for checkpoints written
+    before training settings were saved.
+    """
+    return _saved_settings(ckpt.read_checkpoint(Path(out_dir) / CHECKPOINT_NAME))
+
+
+def _saved_settings(data):
+    from .model import ModelConfig
+
+    model_config = ModelConfig.from_json(str(data["config"]))
+    saved = ckpt.saved_json(data, "train_config")
+    if not saved:
+        return model_config, None, {}
+    saved["data"] = canonical_data_spec(saved["data"])  # older runs saved it as typed
+    return model_config, TrainConfig(**saved), ckpt.saved_json(data, "data")
+
+
+def resumed_schedule(saved, steps):
+    """The saved TrainConfig stretched or cut to ``steps`` in total: the one setting a
+    resumed run may change (a warmup longer than the new total is cut to it)."""
+    return dataclasses.replace(saved, steps=steps, warmup_steps=min(saved.warmup_steps, steps))
+
+
+def setting_differences(saved, requested):
+    """``[(name, saved value, requested value)]`` for each field of two config
+    dataclasses (or dicts) that differs."""
+    a = saved if isinstance(saved, dict) else dataclasses.asdict(saved)
+    b = requested if isinstance(requested, dict) else dataclasses.asdict(requested)
+    return [(k, a[k], b[k]) for k in a if k in b and a[k] != b[k]]
+
+
+def unigram_bpc(train_bytes, eval_bytes):
+    """Bits per character of the unigram model of ``train_bytes`` (byte frequencies, add-one
+    smoothed so that a byte unseen in training costs finite bits) on ``eval_bytes``."""
+    counts = np.bincount(train_bytes, minlength=256) + 1.0  # (V,)
+    log2_p = np.log2(counts / counts.sum())  # (V,)
+    return float(-log2_p[eval_bytes].mean())
 
 
 def evaluate(model, data, batch_size=32):
@@ -129,25 +182,92 @@ class _StopRequested:
             signal.signal(sig, old)
 
 
+_compiled_in_this_process = False
+
+
+def _compile_kernels_once(model, data, log):
+    """On the Numba backend, compile the kernels on one tiny batch before the progress bar
+    starts (its first step would otherwise take seconds and skew the time estimate)."""
+    global _compiled_in_this_process
+    if get_backend() != "numba" or _compiled_in_this_process:
+        return
+    log("preparing the Numba kernels (compiled on first use: 5-10 s; cached on disk after)")
+    x, y = get_batch(data, 1, model.config.max_len, np.random.default_rng(0))
+    model.loss_and_grads(x, y)  # pure: no parameter or optimizer state changes
+    _compiled_in_this_process = True
+
+
 def train(
-    model_config, train_config, out_dir, *, resume=False, progress=True, log=print, stop_after=None
+    model_config,
+    train_config,
+    out_dir,
+    *,
+    resume=False,
+    force=False,
+    progress=True,
+    log=print,
+    stop_after=None,
 ):
     """Train and return a summary dict (final val BPC, wall time, sample, paths).
 
-    ``resume=True`` continues from ``out_dir/checkpoint.npz``. ``stop_after=n``
-    stops after n steps of this call exactly as an interruption would (checkpoint
-    saved, resumable): for time-boxed runs and for testing resumption.
+    ``resume=True`` continues the run saved in ``out_dir``: the configs given must
+    equal the saved ones except for ``steps`` (get them with :func:`saved_run`),
+    and the data must be byte for byte what the run started on; otherwise
+    :class:`RunConflict`. A fresh run into a directory that already holds a
+    checkpoint or metrics raises :class:`RunConflict` before touching anything,
+    unless ``force=True``, which deletes them. ``stop_after=n`` stops after n
+    steps of this call exactly as an interruption would (checkpoint saved,
+    resumable): for time-boxed runs and for testing resumption.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.npz"
-    metrics_path = out / "metrics.jsonl"
-    for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
-        stale.unlink(missing_ok=True)
-    tc = train_config
+    ckpt_path = out / CHECKPOINT_NAME
+    metrics_path = out / METRICS_NAME
+    if not resume and not force:
+        held = [p.name for p in (ckpt_path, metrics_path) if p.exists()]
+        if held:
+            raise RunConflict(
+                f"{out} already holds a run ({' and '.join(held)}); continue it with --resume, "
+                "start over with --force (deletes them), or choose another --out"
+            )
+    # a file path is saved absolute, so that a run resumes from any working directory
+    tc = dataclasses.replace(train_config, data=canonical_data_spec(train_config.data))
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        model, data = ckpt.load_checkpoint(ckpt_path)
+        start = int(data["step"])
+        saved_model_config, saved_config, saved_data = _saved_settings(data)
+        differences = setting_differences(saved_model_config, model_config)
+        if saved_config is not None:
+            differences += setting_differences(resumed_schedule(saved_config, tc.steps), tc)
+        if differences:
+            raise RunConflict(
+                f"--resume: the request differs from the run saved in {out}: "
+                + "; ".join(f"{k} saved {a!r}, given {b!r}" for k, a, b in differences)
+            )
+        if tc.steps < start:
+            raise RunConflict(
+                f"--resume: --steps {tc.steps} is below the {start} steps the run has done"
+            )
     splits, description = load_data(tc.data)
+    fingerprint = data_fingerprint(tc.data, splits)
+    if (
+        resume
+        and saved_data
+        and (saved_data["size"], saved_data["sha256"])
+        != (
+            fingerprint["size"],
+            fingerprint["sha256"],
+        )
+    ):
+        raise RunConflict(
+            f"--resume: the data {tc.data} changed since the run started (size "
+            f"{saved_data['size']:,} -> {fingerprint['size']:,} bytes, SHA-256 "
+            f"{saved_data['sha256'][:12]}... -> {fingerprint['sha256'][:12]}...); restore it, "
+            "or start a new run with another --out"
+        )
     T = model_config.max_len
     for name in ("train", "val"):
         if splits[name].size < T + 1:
@@ -156,27 +276,21 @@ def train(
                 f"max_len {T} (it needs at least {T + 1}); lower --max-len or use more data"
             )
 
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
+        stale.unlink(missing_ok=True)
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        model, data = ckpt.load_checkpoint(ckpt_path)
-        model_config = model.config
-        saved = json.loads(str(data["train_config"]))
-        if saved:  # the saved schedule, stretched or cut to the requested total steps
-            steps = train_config.steps
-            warmup = min(saved.get("warmup_steps", 0), steps)
-            tc = TrainConfig(**{**saved, "steps": steps, "warmup_steps": warmup})
         optimizer = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
         optimizer.load_state_dict(ckpt.optimizer_state(data))
         rng = ckpt.restore_rng(data)
-        start = int(data["step"])
         _trim_metrics(metrics_path, start)
-        log(f"resuming {ckpt_path} at step {start}")
+        log(f"resuming {ckpt_path} at step {start} of {tc.steps}")
     else:
         model = SynthesizerLM(model_config, seed=tc.seed)
         optimizer = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
         rng = np.random.default_rng(tc.seed)
         start = 0
+        ckpt_path.unlink(missing_ok=True)
         metrics_path.unlink(missing_ok=True)
     tc_dict = dataclasses.asdict(tc)
     log(
@@ -186,9 +300,16 @@ def train(
 
     def save(step):
         ckpt.save_checkpoint(
-            ckpt_path, model, optimizer=optimizer, step=step, rng=rng, train_config=tc_dict
+            ckpt_path,
+            model,
+            optimizer=optimizer,
+            step=step,
+            rng=rng,
+            train_config=tc_dict,
+            data=fingerprint,
         )
 
+    _compile_kernels_once(model, splits["train"], log)
     val_bpc = None
     t_start = time.perf_counter()
     t_last, tokens_since = t_start, 0
@@ -251,6 +372,9 @@ def train(
         "checkpoint": str(ckpt_path),
         "metrics": str(metrics_path),
         "interrupted": step < tc.steps,
+        # for scale: a uniform guess over 256 bytes, and the train split's byte frequencies
+        "uniform_bpc": math.log2(256),
+        "unigram_bpc": unigram_bpc(splits["train"], splits["val"]),
     }
     if step == tc.steps and tc.sample_length:
         prompt = splits["val"][:64]

@@ -673,10 +673,7 @@ def load_model(checkpoint):
     ``checkpoint.npz``; raises CheckpointError (a ValueError) naming any problem."""
     from .checkpoint import load_checkpoint
 
-    path = Path(checkpoint)
-    if path.is_dir() and (path / "checkpoint.npz").is_file():
-        path = path / "checkpoint.npz"
-    return load_checkpoint(path)
+    return load_checkpoint(checkpoint)
 
 
 def attention_maps(model, tokens):

@@ -223,3 +223,21 @@ def test_backward_rejects_wrong_dout_shape():
     _, cache = layers.gelu_forward(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="dout"):
         layers.gelu_backward(np.zeros((3, 2)), cache)
+
+
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(2, 9), st.booleans(), seeds)
+def test_softmax_and_cross_entropy_match_scipy(B, T, V, causal, seed):
+    """scipy.special as an independent oracle for the two reductions every step relies on."""
+    import scipy.special
+
+    rng = np.random.default_rng(seed)
+    x = uniform(rng, (B, T, T), low=-30.0, high=30.0)  # (B,T,T) wide range: tests the shift
+    probs, _ = layers.softmax_forward(x, causal=causal)
+    masked = np.where(np.tril(np.ones((T, T), dtype=bool)), x, -np.inf) if causal else x
+    np.testing.assert_allclose(probs, scipy.special.softmax(masked, axis=-1), rtol=1e-12, atol=0)
+    logits = uniform(rng, (B, T, V), low=-30.0, high=30.0)  # (B,T,V)
+    targets = rng.integers(0, V, size=(B, T))  # (B,T)
+    loss, _ = layers.cross_entropy_forward(logits, targets)
+    logp = scipy.special.log_softmax(logits, axis=-1)  # (B,T,V)
+    expected = -np.take_along_axis(logp, targets[..., None], axis=-1).mean()
+    assert loss == pytest.approx(expected, rel=1e-12)

@@ -95,8 +95,15 @@ def test_divergence_stops_with_step_and_keeps_the_checkpoint(tmp_path, monkeypat
         return (float("nan") if calls["n"] == 3 else loss), grads
 
     monkeypatch.setattr(model_module.SynthesizerLM, "loss_and_grads", exploding)
-    with pytest.raises(TrainingDiverged, match="step 3.*learning rate"):
-        train(mc, tiny_train_config(steps=8), tmp_path, progress=False, log=lambda *a: None)
+    with pytest.raises(TrainingDiverged, match="step 7.*learning rate"):
+        train(
+            mc,
+            tiny_train_config(steps=8),
+            tmp_path,
+            resume=True,
+            progress=False,
+            log=lambda *a: None,
+        )
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
 
 

@@ -194,7 +194,7 @@ else:
     )
 run_dir = OUT / "07_run"
 t0 = time.perf_counter()
-result = train(model_config, train_config, run_dir, progress=not TINY)
+result = train(model_config, train_config, run_dir, force=True, progress=not TINY)
 print(
     f"finished {result['steps']} steps in {time.perf_counter() - t0:.1f} s; "
     f"validation BPC {result['val_bpc']:.3f}"

@@ -105,7 +105,9 @@ results = {}
 for kind in KINDS:
     model_config = ModelConfig(attention=kind, **shape)
     t0 = time.perf_counter()
-    results[kind] = train(model_config, train_config, OUT / "08_runs" / kind, progress=False)
+    results[kind] = train(
+        model_config, train_config, OUT / "08_runs" / kind, force=True, progress=False
+    )
     print(
         f"{kind:8s} validation BPC {results[kind]['val_bpc']:.3f} "
         f"after {results[kind]['steps']} steps, {time.perf_counter() - t0:.1f} s"
