@@ -82,6 +82,7 @@ def test_evaluate_is_bits_per_character():
 
 def test_divergence_stops_with_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     from minisynth import model as model_module
+    from minisynth import train as train_module
 
     mc = ModelConfig(attention="dense", **TINY)
     train(mc, tiny_train_config(steps=4), tmp_path, progress=False, log=lambda *a: None)
@@ -95,6 +96,7 @@ def test_divergence_stops_with_step_and_keeps_the_checkpoint(tmp_path, monkeypat
         return (float("nan") if calls["n"] == 3 else loss), grads
 
     monkeypatch.setattr(model_module.SynthesizerLM, "loss_and_grads", exploding)
+    monkeypatch.setattr(train_module, "_compiled_in_this_process", True)  # no warm-up call
     with pytest.raises(TrainingDiverged, match="step 7.*learning rate"):
         train(
             mc,
