@@ -32,7 +32,7 @@ same machine load), which gives per path:
   same threads, NumPy's BLAS and torch's).
 
 Every worker, torch's included, runs with the allocator setting that ``minisynth
-train`` uses (``--malloc reuse``: :mod:`minisynth.allocator` keeps freed memory for
+train`` uses (``--malloc reuse``: :mod:`minisynth.fast.allocator` keeps freed memory for
 reuse instead of page-faulting it back in every step); ``--malloc default`` keeps
 the C library's defaults for all paths.
 
@@ -225,7 +225,7 @@ def numba_cache_stats():
     """(hits, misses) of Numba's on-disk cache over the kernel dispatchers, once they ran."""
     from numba.core.dispatcher import Dispatcher
 
-    import minisynth.kernels as kernels
+    import minisynth.fast.kernels as kernels
 
     hits = misses = 0
     for obj in vars(kernels).values():
@@ -243,7 +243,8 @@ def setup_path(spec):
     """
     path, threads = spec["path"], spec["threads"]
     cfg = BenchConfig(**{**spec["config"], "kinds": tuple(spec["config"]["kinds"])})
-    from minisynth import backend
+    from minisynth import fast
+    from minisynth.fast import backend
     from minisynth.optim import AdamW, clip_grad_norm
 
     model = build_model(cfg, spec["kind"])
@@ -278,20 +279,20 @@ def setup_path(spec):
     if path == "numba":
         import numba
 
-        from minisynth import parallel
+        from minisynth.fast import threads as fast_threads
 
         numba.set_num_threads(threads)
         facts["numba_threads"] = numba.get_num_threads()
-        facts["split_threads"] = parallel.thread_count()
+        facts["split_threads"] = fast_threads.thread_count()
 
-    def step():
-        loss, grads = model.loss_and_grads(x, y)
+    def step():  # as minisynth.train: the batch split over threads on the fast path
+        loss, grads = fast.loss_and_grads(model, x, y)
         clip_grad_norm(grads, GRAD_CLIP)
         optimizer.step(grads, lr=LR)
         return loss
 
     def forward_backward():
-        return model.loss_and_grads(x, y)[0]
+        return fast.loss_and_grads(model, x, y)[0]
 
     return step, forward_backward, facts
 
@@ -305,7 +306,7 @@ def run_worker(spec):
     interleave several workers step by step and they all see the same machine load.
     """
     if os.environ.get(MALLOC_VARIABLE) == "reuse":  # every path alike, torch's too
-        from minisynth.allocator import reuse_freed_memory
+        from minisynth.fast.allocator import reuse_freed_memory
 
         reuse_freed_memory()
     step, forward_backward, facts = setup_path(spec)
@@ -379,7 +380,7 @@ def blas_runtime_info():
         pass
     import numpy as np
 
-    from minisynth.parallel import numpy_openblas
+    from minisynth.fast.threads import numpy_openblas
 
     blas = numpy_openblas()
     if blas is not None:
@@ -398,7 +399,7 @@ MALLOC_VARIABLE = "MINISYNTH_BENCH_MALLOC"
 def worker_env(threads, numba_cache_dir=None, malloc="reuse"):
     """The environment of a worker: every thread pool sized ``threads``; OPENBLAS_CORETYPE kept.
 
-    ``malloc`` "reuse" makes each worker apply :func:`minisynth.allocator.reuse_freed_memory`
+    ``malloc`` "reuse" makes each worker apply :func:`minisynth.fast.allocator.reuse_freed_memory`
     (as the ``minisynth`` command does) before it builds its model, whatever its path.
     """
     env = dict(os.environ)
@@ -726,7 +727,7 @@ def parse_args(argv=None):
         choices=("reuse", "default"),
         default="reuse",
         help="glibc malloc in every worker: 'reuse' freed memory as `minisynth train` does "
-        "(minisynth.allocator), or the C library's 'default' settings",
+        "(minisynth.fast.allocator), or the C library's 'default' settings",
     )
     parser.add_argument("--markdown", type=Path, default=None, help="also write the report here")
     parser.add_argument(
@@ -853,7 +854,7 @@ def main(argv=None):
     if numba_r:
         threads += (
             f"; minisynth Numba path: {numba_r['split_threads']} threads of its own "
-            "(minisynth.parallel: products and row kernels split, OpenBLAS single-threaded "
+            "(minisynth.fast.threads: the batch split into shards, OpenBLAS single-threaded "
             f"in each; Numba's pool, {numba_r['numba_threads']} threads, "
             f"{numba_r['threading_layer']} layer, is unused)"
         )
@@ -886,7 +887,7 @@ def main(argv=None):
             f"float32, warm-up {args.warmup} step(s), {args.repeats} repeats, "
             f"AdamW lr {LR} wd {WEIGHT_DECAY}, clip {GRAD_CLIP}; malloc: "
             + (
-                "every path reuses freed memory (minisynth.allocator, as `minisynth train`)"
+                "every path reuses freed memory (minisynth.fast.allocator, as `minisynth train`)"
                 if args.malloc == "reuse"
                 else "the C library's defaults"
             )

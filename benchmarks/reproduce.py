@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from minisynth import ModelConfig, SynthesizerLM, attention, viz
-from minisynth.backend import get_backend
 from minisynth.checkpoint import load_checkpoint
 from minisynth.data import load_data
+from minisynth.fast import get_backend, set_backend
 from minisynth.optim import lr_schedule
 from minisynth.train import TrainConfig, evaluate, train
 
@@ -113,7 +113,14 @@ def run_one(out, kind, seed, data_spec, steps):
     t0 = time.perf_counter()
     try:
         res = train(
-            mc, tc, rdir, resume=resume, force=not resume, progress=sys.stderr.isatty(), log=print
+            mc,
+            tc,
+            rdir,
+            resume=resume,
+            force=not resume,
+            progress=sys.stderr.isatty(),
+            log=print,
+            backend=get_backend(),
         )
     finally:  # wall time survives interruptions
         rdir.mkdir(parents=True, exist_ok=True)
@@ -566,6 +573,7 @@ def write_report(out, results, report, command):
 
 
 def main(argv=None):
+    set_backend(os.environ.get("MINISYNTH_BACKEND") or "numba")  # as `minisynth train`
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="bundled")
     parser.add_argument("--out", default="results")

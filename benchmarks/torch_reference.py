@@ -150,6 +150,12 @@ class TorchSynthesizerLM(torch.nn.Module):
         B, T, C = x.shape
         H, hs = self.H, self.hs
         v = (x @ self.p(pre + "Wv") + self.p(pre + "bv")).view(B, T, H, hs).transpose(1, 2)
+        if self.parts == ["vanilla"]:  # what PyTorch users run (as nanoGPT does): the fused call
+            p = self.p
+            q = (x @ p(pre + "Wq") + p(pre + "bq")).view(B, T, H, hs).transpose(1, 2)
+            k = (x @ p(pre + "Wk") + p(pre + "bk")).view(B, T, H, hs).transpose(1, 2)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return o.transpose(1, 2).reshape(B, T, C) @ p(pre + "Wo") + p(pre + "bo")
         logits = [
             self._component_logits(kind, pre + prefix, x)
             for kind, prefix in zip(self.parts, self.prefixes, strict=True)

@@ -36,7 +36,6 @@ import numpy as np
 
 from . import layers
 from ._validate import FLOAT_DTYPES, check_float_array, check_positive_int
-from .backend import op
 
 # --------------------------------------------------------------------------- helpers
 
@@ -58,11 +57,6 @@ def xavier_uniform(rng, shape, fan_in, fan_out, dtype):
     return rng.uniform(-limit, limit, size=shape).astype(dtype)
 
 
-def products():
-    """The matrix products of the active backend (see :class:`minisynth.layers.Products`)."""
-    return layers.Products(op("matmul"), op("causal_matmul"))
-
-
 def default_factors(L):
     """(a, b) with a the largest divisor of L not above sqrt(L) and b = L // a."""
     a = max(d for d in range(1, math.isqrt(L) + 1) if L % d == 0)
@@ -82,7 +76,6 @@ class Component:
     shared = False
     options: tuple = ()
     buffer_names: tuple = ()
-    causal = False  # set by Attention: dS is then zero above the diagonal
 
     def __init__(self, C, H, L, options):
         self.C, self.H, self.L = C, H, L
@@ -120,22 +113,22 @@ class Vanilla(Component):
         return {"Wq": (C, C), "bq": (C,), "Wk": (C, C), "bk": (C,)}
 
     def forward(self, p, x):
-        q_flat, q_cache = op("linear_forward")(x, p["Wq"], p["bq"])  # (B,T,C)
-        k_flat, k_cache = op("linear_forward")(x, p["Wk"], p["bk"])  # (B,T,C)
+        q_flat, q_cache = layers.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
+        k_flat, k_cache = layers.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
         q = split_heads(q_flat, self.H)  # (B,H,T,hs)
         k = split_heads(k_flat, self.H)  # (B,H,T,hs)
         scale = 1.0 / math.sqrt(self.hs)
-        S = op("matmul")(q, k.swapaxes(-1, -2))  # (B,H,T,T)
-        S *= scale  # in place: S is fresh
+        S = q @ k.swapaxes(-1, -2) * scale  # (B,H,T,T)
         return S, (q, k, q_cache, k_cache, scale)
 
     def backward(self, dS, cache):
         q, k, q_cache, k_cache, scale = cache
         # S = q k^T * scale
-        dq = products().probs_times(dS, k, self.causal) * scale  # (B,H,T,hs) dS @ k
-        dk = products().probs_times(dS, q, self.causal, transpose=True) * scale  # dS^T @ q
-        dx_q, dWq, dbq = op("linear_backward")(merge_heads(dq), q_cache)
-        dx_k, dWk, dbk = op("linear_backward")(merge_heads(dk), k_cache)
+        dq = dS @ k * scale  # (B,H,T,hs)
+        dk = dS.swapaxes(-1, -2) @ q * scale  # (B,H,T,hs)
+        # q = x Wq + bq;  k = x Wk + bk
+        dx_q, dWq, dbq = layers.linear_backward(merge_heads(dq), q_cache)
+        dx_k, dWk, dbk = layers.linear_backward(merge_heads(dk), k_cache)
         return dx_q + dx_k, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
 
 
@@ -143,7 +136,7 @@ class _DenseHidden(Component):
     """The per-token hidden layer shared by dense kinds: hid = relu(x W1 + b1) in heads."""
 
     def hidden_forward(self, p, x):
-        pre, lin_cache = op("linear_forward")(x, p["W1"], p["b1"])  # (B,T,C)
+        pre, lin_cache = layers.linear_forward(x, p["W1"], p["b1"])  # (B,T,C)
         hid_flat, relu_cache = layers.relu_forward(pre)  # (B,T,C)
         return split_heads(hid_flat, self.H), (lin_cache, relu_cache)  # (B,H,T,hs)
 
@@ -151,7 +144,7 @@ class _DenseHidden(Component):
         lin_cache, relu_cache = hidden_cache
         # hid = relu(x W1 + b1)
         dpre = layers.relu_backward(merge_heads(dhid), relu_cache)  # (B,T,C)
-        dx, dW1, db1 = op("linear_backward")(dpre, lin_cache)
+        dx, dW1, db1 = layers.linear_backward(dpre, lin_cache)
         return dx, {"W1": dW1, "b1": db1}
 
 
@@ -172,22 +165,19 @@ class Dense(_DenseHidden):
         T = x.shape[1]
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
         W2 = p["W2"][:, :, :T]  # (H,hs,T) only the first T logit columns are used
-        S = op("matmul")(hid, W2[None])  # (B,H,T,T)
-        S += p["b2"][None, :, None, :T]  # in place: S is a fresh (B,H,T,T), no second copy
+        b2 = p["b2"][:, None, :T]  # (H,1,T)
+        S = hid @ W2 + b2  # (B,H,T,T)
         return S, (hid, W2, hidden_cache)
 
     def backward(self, dS, cache):
         hid, W2, hidden_cache = cache
         H, hs, T = W2.shape
-        # S = hid @ W2[:, :, :T] + b2[:, :T]
+        # S = hid @ W2[:, :, :T] + b2[:, :T]   (W2 and b2 shared by every b and i)
         dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
-        # sum over b of per-(b, h) products: the (B,H,T,hs) partials are small, while
-        # regrouping dS to one (B*T, T) matrix per head would copy all of it
-        dS_t_hid = products().probs_times(dS, hid, self.causal, transpose=True)  # (B,H,T,hs)
-        dW2[:, :, :T] = dS_t_hid.sum(axis=0).swapaxes(-1, -2)  # hid^T @ dS = (dS^T @ hid)^T
+        dW2[:, :, :T] = (hid.swapaxes(-1, -2) @ dS).sum(axis=0)  # sum_b hid[b]^T dS[b]
         db2 = np.zeros((H, self.L), dtype=dS.dtype)  # (H,L)
-        db2[:, :T] = dS.sum(axis=(0, 2))
-        dhid = products().probs_times(dS, W2.swapaxes(-1, -2)[None], self.causal)  # (B,H,T,hs)
+        db2[:, :T] = dS.sum(axis=(0, 2))  # sum over b and i
+        dhid = dS @ W2.swapaxes(-1, -2)  # (B,H,T,hs)
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {**grads, "W2": dW2, "b2": db2}
 
@@ -236,9 +226,8 @@ class FactorizedDense(_DenseHidden):
     def forward(self, p, x):
         T = x.shape[1]
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
-        matmul = op("matmul")
-        A = matmul(hid, p["Wa"][None]) + p["ba"][None, :, None, :]  # (B,H,T,a)
-        Bf = matmul(hid, p["Wb"][None]) + p["bb"][None, :, None, :]  # (B,H,T,b)
+        A = hid @ p["Wa"] + p["ba"][:, None, :]  # (B,H,T,a)
+        Bf = hid @ p["Wb"] + p["bb"][:, None, :]  # (B,H,T,b)
         # full reshaped to (b, a): full[q*a + r] = Bf[q] * A[r]
         full = (Bf[..., :, None] * A[..., None, :]).reshape(A.shape[:3] + (self.L,))  # (B,H,T,L)
         S = full[..., :T]  # (B,H,T,T)
@@ -252,15 +241,12 @@ class FactorizedDense(_DenseHidden):
         dfull[..., :T] = dS
         dF = dfull.reshape(B, H, T, self.b, self.a)  # (B,H,T,b,a)
         # full[q*a + r] = Bf[q] * A[r]
-        matmul = op("matmul")
-        dA = matmul(Bf[..., None, :], dF)[..., 0, :]  # (B,H,T,a) sum over q of dF[q, r] Bf[q]
-        dBf = matmul(dF, A[..., :, None])[..., 0]  # (B,H,T,b) sum over r of dF[q, r] A[r]
+        dA = np.einsum("bhtqr,bhtq->bhtr", dF, Bf)  # (B,H,T,a) sum over q of dF[q, r] Bf[q]
+        dBf = np.einsum("bhtqr,bhtr->bhtq", dF, A)  # (B,H,T,b) sum over r of dF[q, r] A[r]
         # A = hid @ Wa[h] + ba[h];  Bf = hid @ Wb[h] + bb[h]
-        hid_h = hid.transpose(1, 3, 0, 2).reshape(H, -1, B * T)  # (H,hs,B*T)
-        dWa = matmul(hid_h, dA.transpose(1, 0, 2, 3).reshape(H, B * T, self.a))  # (H,hs,a)
-        dWb = matmul(hid_h, dBf.transpose(1, 0, 2, 3).reshape(H, B * T, self.b))  # (H,hs,b)
-        dhid = matmul(dA, Wa.swapaxes(-1, -2)[None])  # (B,H,T,hs)
-        dhid += matmul(dBf, Wb.swapaxes(-1, -2)[None])  # (B,H,T,hs)
+        dWa = (hid.swapaxes(-1, -2) @ dA).sum(axis=0)  # (H,hs,a) sum_b hid[b]^T dA[b]
+        dWb = (hid.swapaxes(-1, -2) @ dBf).sum(axis=0)  # (H,hs,b)
+        dhid = dA @ Wa.swapaxes(-1, -2) + dBf @ Wb.swapaxes(-1, -2)  # (B,H,T,hs)
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {
             **grads,
@@ -335,7 +321,7 @@ class FactorizedRandom(Component):
         T = x.shape[1]
         R1 = p["R1"][:, :T]  # (H,T,k)
         R2 = p["R2"][:, :T]  # (H,T,k)
-        return op("matmul")(R1, R2.swapaxes(-1, -2)), (R1, R2)  # (H,T,T)
+        return R1 @ R2.swapaxes(-1, -2), (R1, R2)  # (H,T,T)
 
     def backward(self, dS, cache):
         R1, R2 = cache
@@ -343,8 +329,8 @@ class FactorizedRandom(Component):
         # S = R1[:, :T] @ R2[:, :T]^T
         dR1 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
         dR2 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
-        dR1[:, :T] = products().probs_times(dS, R2, self.causal)  # (H,T,k) dS @ R2
-        dR2[:, :T] = products().probs_times(dS, R1, self.causal, transpose=True)  # dS^T @ R1
+        dR1[:, :T] = dS @ R2  # (H,T,k)
+        dR2[:, :T] = dS.swapaxes(-1, -2) @ R1  # (H,T,k)
         return None, {"R1": dR1, "R2": dR2}
 
 
@@ -432,8 +418,6 @@ class Attention:
         self.causal = bool(causal)
         self.dtype = np.dtype(dtype)
         self.components = _make_components(self.parts, self.C, self.H, self.L, options)
-        for comp in self.components:
-            comp.causal = self.causal
         self.mixture = len(self.components) > 1
         self.prefixes = [f"{c.kind}." if self.mixture else "" for c in self.components]
 
@@ -487,7 +471,7 @@ class Attention:
         """x (B,T,C) -> (y (B,T,C), cache); ``cache.probs`` is (B,H,T,T)."""
         self._check_input(x)
         p = self.params
-        v_flat, v_cache = op("linear_forward")(x, p["Wv"], p["bv"])  # (B,T,C)
+        v_flat, v_cache = layers.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
         v = split_heads(v_flat, self.H)  # (B,H,T,hs)
 
         logits, caches = [], []
@@ -502,8 +486,8 @@ class Attention:
             mix = None
             S = logits[0]  # (B,H,T,T) or (H,T,T)
 
-        o, probs = op("attention_core_forward")(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
-        y, o_cache = op("linear_forward")(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
+        o, probs = layers.attention_core_forward(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
+        y, o_cache = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
         cache = AttentionCache(probs, v, v_cache, o_cache, tuple(logits), tuple(caches), mix)
         return y, cache
 
@@ -514,13 +498,13 @@ class Attention:
             raise ValueError(f"dy has shape {dy.shape}, expected {cache.v_cache.x.shape}")
         grads = {}
         # y = o @ Wo + bo
-        do_flat, grads["Wo"], grads["bo"] = op("linear_backward")(dy, cache.o_cache)
+        do_flat, grads["Wo"], grads["bo"] = layers.linear_backward(dy, cache.o_cache)
         do = split_heads(do_flat, self.H)  # (B,H,T,hs)
         shared = all(c.shared for c in self.components)
         # o = softmax(mask(S)) @ v
-        dS, dv = op("attention_core_backward")(do, cache.probs, cache.v, shared, self.causal)
+        dS, dv = layers.attention_core_backward(do, cache.probs, cache.v, shared, self.causal)
         # v = x @ Wv + bv
-        dx, grads["Wv"], grads["bv"] = op("linear_backward")(merge_heads(dv), cache.v_cache)
+        dx, grads["Wv"], grads["bv"] = layers.linear_backward(merge_heads(dv), cache.v_cache)
 
         if self.mixture:
             mix = cache.mix_weights  # (H,N)

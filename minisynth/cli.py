@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import __version__
@@ -68,6 +69,7 @@ def cmd_train(args):
     import dataclasses
 
     from .data import canonical_data_spec
+    from .fast import get_backend
     from .model import ModelConfig
     from .train import TrainConfig, resumed_schedule, saved_run, setting_differences, train
 
@@ -126,10 +128,11 @@ def cmd_train(args):
         resume=args.resume,
         force=args.force,
         progress=not args.quiet,
+        backend=get_backend(),
     )
     print(
         f"final validation BPC: {result['val_bpc']:.4f} after {result['steps']} steps "
-        f"({result['wall_time_s']:.0f} s); for scale, on the same split a uniform guess scores "
+        f"({result['wall_time_s']:.1f} s); for scale, on the same split a uniform guess scores "
         f"{result['uniform_bpc']:.2f} and the byte frequencies of the train split "
         f"{result['unigram_bpc']:.2f}"
     )
@@ -643,9 +646,13 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 0
-    from .allocator import reuse_freed_memory
+    from .fast.allocator import reuse_freed_memory
 
-    reuse_freed_memory()  # process-wide, so here and not on import; see minisynth.allocator
+    reuse_freed_memory()  # process-wide, so here and not on import; see minisynth.fast.allocator
+    from .fast import backend
+
+    # the command runs on the fast path unless MINISYNTH_BACKEND=numpy asks for the reference
+    backend.set_backend(os.environ.get(backend.ENV_VAR) or "numba")
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError) as err:

@@ -1,7 +1,9 @@
 """NumPy reference layers: hand-written forward/backward pairs.
 
-These functions are the ground truth of minisynth. Every faster path (the
-Numba kernels) is tested against them.
+These functions are the ground truth of minisynth, written as the math: NumPy
+products with ``@``, one line per equation. The fast path (:mod:`minisynth.fast`)
+has Numba twins of some of them and is tested against them; nothing here knows
+about it.
 
 Conventions
 -----------
@@ -26,7 +28,6 @@ D  input width of a linear     F  output width of a linear
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -36,80 +37,6 @@ from ._validate import check_float_array, check_int_array, check_shape
 LAYERNORM_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
-
-
-# ----------------------------------------------------------------------------- matmul
-def check_matmul_inputs(a, b):
-    """Checks shared by both matmul backends: float matrices (or stacks) of one dtype that fit."""
-    check_float_array("a", a, min_ndim=2)
-    check_float_array("b", b, min_ndim=2, dtype=a.dtype)
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(
-            f"a {a.shape} @ b {b.shape}: a has {a.shape[-1]} columns but b has {b.shape[-2]} rows"
-        )
-    try:
-        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ValueError(
-            f"a {a.shape} @ b {b.shape}: batch dimensions {a.shape[:-2]} and {b.shape[:-2]} "
-            "do not broadcast"
-        ) from None
-
-
-def matmul(a, b):
-    """a (..., m, k) @ b (..., k, n) -> (..., m, n), leading dimensions broadcast.
-
-    The products of attention and of the linear layers go through
-    ``op("matmul")``: here it is NumPy's matmul; the Numba backend's twin
-    (:mod:`minisynth.parallel`) splits the batch over threads for the same result.
-    """
-    check_matmul_inputs(a, b)
-    return np.matmul(a, b)  # (..., m, n)
-
-
-def causal_matmul_checks(L, x):
-    """Checks shared by both causal_matmul backends."""
-    check_float_array("L", L, min_ndim=2)
-    if L.shape[-1] != L.shape[-2]:
-        raise ValueError(f"L must be square in its last two dimensions, got shape {L.shape}")
-    check_matmul_inputs(L, x)
-
-
-def causal_matmul(L, x, transpose=False):
-    """L @ x, or L^T @ x with ``transpose``, for causal maps L (..., T, T) -> (..., T, n).
-
-    L must be zero above its diagonal (L[..., i, j] = 0 for j > i), as causal
-    attention probabilities and their logit gradients are; x is (..., T, n), and
-    leading dimensions broadcast. The reference multiplies the zeros like any
-    other number; the Numba backend's twin skips the blocks above the diagonal,
-    about half of the work.
-    """
-    causal_matmul_checks(L, x)
-    return _numpy_causal_matmul(L, x, transpose)  # (..., T, n)
-
-
-class Products(NamedTuple):
-    """The two matrix products the layers are built from, on one backend.
-
-    NumPy's for the reference (:data:`NUMPY_PRODUCTS`); the Numba backend's
-    twins split them over threads and skip the zero half of causal maps.
-    """
-
-    matmul: Callable  # (a, b) -> a @ b, as :func:`matmul`
-    causal_matmul: Callable  # (L, x, transpose) -> L @ x or L^T @ x, as :func:`causal_matmul`
-
-    def probs_times(self, P, x, causal, transpose=False):
-        """P @ x (P^T @ x if ``transpose``) for attention maps P; causal maps skip their zeros."""
-        if causal:
-            return self.causal_matmul(P, x, transpose)
-        return self.matmul(P.swapaxes(-1, -2) if transpose else P, x)
-
-
-def _numpy_causal_matmul(L, x, transpose):
-    return np.matmul(L.swapaxes(-1, -2) if transpose else L, x)  # (..., T, n)
-
-
-NUMPY_PRODUCTS = Products(np.matmul, _numpy_causal_matmul)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -320,50 +247,34 @@ def attention_core_forward(S, v, causal):
     logits give the same P for every batch element: it is computed once per head
     and returned as a read-only broadcast view.
     """
-    if S.ndim == 3:
-        return shared_attention_core_forward(NUMPY_PRODUCTS, S, v, causal)
-    probs, _ = softmax_forward(S, causal=causal)  # (B,H,T,T)
-    o = probs @ v  # (B,H,T,hs)
+    B, H, T, _ = v.shape
+    probs, _ = softmax_forward(S, causal=causal)  # (B,H,T,T), or (H,T,T) once for all b
+    o = probs @ v  # (B,H,T,hs) a shared (H,T,T) P broadcasts over the batch
+    if probs.ndim == 3:
+        probs = np.broadcast_to(probs, (B, H, T, T))  # (B,H,T,T) a view, not B copies
     return o, probs
 
 
 def attention_core_backward(do, probs, v, shared, causal=False):
-    """Returns (dS, dv); dS is (H,T,T) summed over the batch when ``shared``.
+    """Returns (dS, dv); dS is (H,T,T), summed over the batch, when ``shared``.
 
     When ``shared``, every probs[b] equals probs[0]; the softmax backward is linear
     in dP for a fixed P, so summing dP over the batch first gives the same dS.
-    ``causal`` says that probs came from a causal forward (zero above the
-    diagonal): the result is the same, and the Numba twin skips those blocks.
+    ``causal`` is accepted for the signature of the forward pass: masked entries of
+    P are 0, so their gradient is 0 either way.
     """
-    if shared:
-        return shared_attention_core_backward(NUMPY_PRODUCTS, do, probs, v, causal)
-    # o = P @ v
-    dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
-    dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
-    # P = softmax(mask(S))
-    dS = softmax_backward(dprobs, SoftmaxCache(probs))  # (B,H,T,T)
-    return dS, dv
-
-
-def shared_attention_core_forward(products, S, v, causal):
-    """:func:`attention_core_forward` for shared logits S (H,T,T), with ``products`` (Products)."""
-    B, H, T, _ = v.shape
-    probs_h, _ = softmax_forward(S, causal=causal)  # (H,T,T) once, not B times
-    o = products.probs_times(probs_h, v, causal)  # (B,H,T,hs) broadcast over the batch
-    return o, np.broadcast_to(probs_h, (B, H, T, T))
-
-
-def shared_attention_core_backward(products, do, probs, v, causal):
-    """:func:`attention_core_backward` for shared probs, with ``products``: dS is (H,T,T)."""
     B, H, T, hs = v.shape
-    probs_h = probs[0]  # (H,T,T)
-    # o[b] = P @ v[b]:  dP = sum_b do[b] v[b]^T, one (T, B*hs) @ (B*hs, T) matmul per head
-    do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-    v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-    dprobs = products.matmul(do_h, v_h.swapaxes(-1, -2))  # (H,T,T)
-    dv = products.probs_times(probs_h, do, causal, transpose=True)  # (B,H,T,hs) P^T @ do
+    # o = P @ v
+    dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+    if shared:  # dP = sum_b do[b] v[b]^T: the batch folded into one product per head
+        do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+        v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+        dprobs = do_h @ v_h.swapaxes(-1, -2)  # (H,T,T)
+        probs = probs[0]  # (H,T,T)
+    else:
+        dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
     # P = softmax(mask(S))
-    dS = softmax_backward(dprobs, SoftmaxCache(probs_h))  # (H,T,T)
+    dS = softmax_backward(dprobs, SoftmaxCache(probs))  # (B,H,T,T) or (H,T,T)
     return dS, dv
 
 

@@ -28,7 +28,6 @@ import numpy as np
 
 from . import attention, layers
 from ._validate import FLOAT_DTYPES, check_int_array, check_positive_int
-from .backend import op
 
 EMBEDDING_STD = 0.02
 
@@ -191,17 +190,17 @@ class SynthesizerLM:
         block_caches = []
         for i, attn in enumerate(self.attn):
             pre = f"blocks.{i}."
-            a_in, ln1 = op("layernorm_forward")(x, p[pre + "ln1.g"], p[pre + "ln1.b"])  # (B,T,C)
+            a_in, ln1 = layers.layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])  # (B,T,C)
             a_out, attn_cache = attn.forward(a_in)  # (B,T,C)
             x = x + a_out  # (B,T,C)
-            m_in, ln2 = op("layernorm_forward")(x, p[pre + "ln2.g"], p[pre + "ln2.b"])  # (B,T,C)
-            h, fc = op("linear_forward")(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
-            hg, gelu = op("gelu_forward")(h)  # (B,T,4C)
-            m_out, proj = op("linear_forward")(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
+            m_in, ln2 = layers.layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])  # (B,T,C)
+            h, fc = layers.linear_forward(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
+            hg, gelu = layers.gelu_forward(h)  # (B,T,4C)
+            m_out, proj = layers.linear_forward(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
             x = x + m_out  # (B,T,C)
             block_caches.append(BlockCache(ln1, attn_cache, ln2, fc, gelu, proj))
-        xf, ln_f = op("layernorm_forward")(x, p["ln_f.g"], p["ln_f.b"])  # (B,T,C)
-        logits = op("matmul")(xf, p["wte"].T)  # (B,T,V)
+        xf, ln_f = layers.layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])  # (B,T,C)
+        logits = xf @ p["wte"].T  # (B,T,V)
         return logits, ModelCache(idx, tuple(block_caches), ln_f, xf)
 
     def forward(self, idx):
@@ -222,7 +221,7 @@ class SynthesizerLM:
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {targets.shape} differs from idx shape {idx.shape}")
         logits, _ = self._forward(idx)
-        loss, _ = op("cross_entropy_forward")(logits, targets)
+        loss, _ = layers.cross_entropy_forward(logits, targets)
         return float(loss)
 
     # --------------------------------------------------------------- backward
@@ -234,33 +233,33 @@ class SynthesizerLM:
             raise ValueError(f"targets shape {targets.shape} differs from idx shape {idx.shape}")
         p = self.params
         logits, cache = self._forward(idx)
-        loss, ce = op("cross_entropy_forward")(logits, targets)
+        loss, ce = layers.cross_entropy_forward(logits, targets)
         grads = {}
         B, T = idx.shape
         C, V = self.config.d_model, self.config.vocab_size
 
         # loss = mean cross-entropy(logits, targets)
-        dlogits = op("cross_entropy_backward")(1.0, ce)  # (B,T,V)
+        dlogits = layers.cross_entropy_backward(1.0, ce)  # (B,T,V)
         # logits = xf @ wte^T  (the first use of the tied embedding)
-        dxf = op("matmul")(dlogits, p["wte"])  # (B,T,C)
-        dwte = op("matmul")(dlogits.reshape(-1, V).T, cache.xf.reshape(-1, C))  # (V,C)
+        dxf = dlogits @ p["wte"]  # (B,T,C)
+        dwte = dlogits.reshape(-1, V).T @ cache.xf.reshape(-1, C)  # (V,C) summed over b and t
         # xf = ln_f(x)
-        dx, grads["ln_f.g"], grads["ln_f.b"] = op("layernorm_backward")(dxf, cache.ln_f)
+        dx, grads["ln_f.g"], grads["ln_f.b"] = layers.layernorm_backward(dxf, cache.ln_f)
         for i in reversed(range(len(self.attn))):
             pre = f"blocks.{i}."
             bc = cache.blocks[i]
             # x = x + gelu(ln2(x) @ W1 + b1) @ W2 + b2
-            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = op("linear_backward")(dx, bc.proj)
-            dh = op("gelu_backward")(dhg, bc.gelu)  # (B,T,4C)
-            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = op("linear_backward")(dh, bc.fc)
-            dx_ln2, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = op("layernorm_backward")(
+            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = layers.linear_backward(dx, bc.proj)
+            dh = layers.gelu_backward(dhg, bc.gelu)  # (B,T,4C)
+            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = layers.linear_backward(dh, bc.fc)
+            dx_ln2, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = layers.layernorm_backward(
                 dm_in, bc.ln2
             )
             dx = dx + dx_ln2  # (B,T,C) the residual passes dx through unchanged
             # x = x + attn(ln1(x))
             da_in, attn_grads = self.attn[i].backward(dx, bc.attn)
             grads.update({pre + "attn." + n: g for n, g in attn_grads.items()})
-            dx_ln1, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = op("layernorm_backward")(
+            dx_ln1, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = layers.layernorm_backward(
                 da_in, bc.ln1
             )
             dx = dx + dx_ln1  # (B,T,C)
@@ -269,7 +268,7 @@ class SynthesizerLM:
         dwpe[:T] = dx.sum(axis=0)
         grads["wpe"] = dwpe
         emb_cache = layers.EmbeddingCache(idx, V)
-        grads["wte"] = dwte + op("embedding_backward")(dx, emb_cache)  # tied: both uses add
+        grads["wte"] = dwte + layers.embedding_backward(dx, emb_cache)  # tied: both uses add
         return float(loss), {name: grads[name] for name in p}
 
     # ------------------------------------------------------------- generation

@@ -28,7 +28,6 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ._validate import check_float_array, check_positive_int
-from .backend import op
 
 # Last name component of parameters never decayed by default: embeddings, and attention
 # logits that no input multiplies (mixture weights, Random and factorized-Random R).
@@ -235,10 +234,9 @@ class AdamW:
         self._check_grads(grads)
         lr = self.lr if lr is None else _check_real("lr", lr, low=0.0)
         self.t += 1
-        update = op("adamw_update")  # the Numba kernel or this module's twin
         for name, p in self.params.items():
             wd = self.weight_decay if self.decay[name] else 0.0
-            update(
+            adamw_update(
                 p, grads[name], self.m[name], self.v[name],
                 lr, self.beta1, self.beta2, self.eps, wd, self.t,
             )  # fmt: skip

@@ -29,8 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .backend import get_backend, op
+from . import fast, layers
 from .data import canonical_data_spec, data_fingerprint, get_batch, iter_eval_windows, load_data
+from .fast import get_backend, use_backend
 from .model import SynthesizerLM
 from .optim import AdamW, clip_grad_norm, lr_schedule
 
@@ -131,8 +132,8 @@ def evaluate(model, data, batch_size=32):
     """Bits per character over ``data`` walked in order in non-overlapping windows of max_len."""
     total, count = 0.0, 0
     for x, y in iter_eval_windows(data, model.config.max_len, batch_size):
-        logits = model.forward(x)  # (B,T,V)
-        loss, _ = op("cross_entropy_forward")(logits, y)
+        logits = fast.logits(model, x)  # (B,T,V)
+        loss, _ = layers.cross_entropy_forward(logits, y)
         total += float(loss) * y.size
         count += y.size
     return total / count / LN2
@@ -207,6 +208,7 @@ def train(
     progress=True,
     log=print,
     stop_after=None,
+    backend="numba",
 ):
     """Train and return a summary dict (final val BPC, wall time, sample, paths).
 
@@ -217,8 +219,15 @@ def train(
     checkpoint or metrics raises :class:`RunConflict` before touching anything,
     unless ``force=True``, which deletes them. ``stop_after=n`` stops after n
     steps of this call exactly as an interruption would (checkpoint saved,
-    resumable): for time-boxed runs and for testing resumption.
+    resumable): for time-boxed runs and for testing resumption. ``backend`` is the
+    path to train on (``"numba"``, the fast path, or ``"numpy"``, the reference;
+    see :mod:`minisynth.fast`), restored on return.
     """
+    with use_backend(backend):
+        return _train(model_config, train_config, out_dir, resume, force, progress, log, stop_after)
+
+
+def _train(model_config, train_config, out_dir, resume, force, progress, log, stop_after):
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
@@ -326,7 +335,7 @@ def train(
                 min_lr=tc.min_lr,
             )
             x, y = get_batch(splits["train"], tc.batch_size, T, rng)
-            loss, grads = model.loss_and_grads(x, y)
+            loss, grads = fast.loss_and_grads(model, x, y)
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"the training loss became {loss} at step {step + 1}; the learning rate "

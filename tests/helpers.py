@@ -6,7 +6,7 @@ from unittest import mock
 import numpy as np
 from hypothesis import strategies as st
 
-from minisynth import kernels, parallel
+from minisynth.fast import kernels, threads
 from minisynth.gradcheck import DEFAULT_STEP, numerical_gradient_array, rel_error
 
 # command-line sizes of a model that trains in a fraction of a second
@@ -80,33 +80,26 @@ def assert_gradient_close(name, analytic, numeric, tol=GRAD_TOL):
     assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol}"
 
 
-OPENBLAS = parallel.numpy_openblas()
+OPENBLAS = threads.numpy_openblas()
 
 
 @contextlib.contextmanager
-def splitting_everything(causal_block=2):
-    """Make every product and row kernel split, even tiny ones; yields the list of splits.
-
-    OpenBLAS on 2 threads, no size floors, causal products in blocks of
-    ``causal_block`` rows, and cache-sized steps of one attention map, so small
-    test shapes take the threaded and blocked paths that full-size training takes.
-    Without NumPy's OpenBLAS nothing can split: the list stays empty, and tests
-    that need a split should skip.
-    """
+def two_shards():
+    """OpenBLAS on 2 threads, so the fast path splits every batch of two or more rows, and
+    attention maps in steps of one (tiny test shapes take full-size training's paths);
+    yields the list of thread-pool sizes used. Without NumPy's OpenBLAS nothing splits:
+    the list stays empty, and tests that need a split should skip."""
     splits = []
     if OPENBLAS is None:
         yield splits
         return
     previous = OPENBLAS.get_num_threads()
     OPENBLAS.set_num_threads(2)
-    real_workers = parallel._workers
+    real_workers = threads._workers
     try:
         with (
-            mock.patch.object(parallel, "MIN_SPLIT_WORK", 0),
-            mock.patch.object(parallel, "MIN_SPLIT_ELEMENTS", 0),
-            mock.patch.object(parallel, "CAUSAL_BLOCK", causal_block),
             mock.patch.object(kernels, "CACHE_BYTES", 1),
-            mock.patch.object(parallel, "_workers", lambda n: splits.append(n) or real_workers(n)),
+            mock.patch.object(threads, "_workers", lambda n: splits.append(n) or real_workers(n)),
         ):
             yield splits
     finally:

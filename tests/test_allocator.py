@@ -1,4 +1,4 @@
-"""minisynth.allocator: freed training temporaries are reused instead of page-faulted anew.
+"""minisynth.fast.allocator: freed training temporaries are reused instead of page-faulted anew.
 
 Each case runs in a fresh interpreter, since the setting is process-wide.
 """
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 LOOP = """
 import resource, sys
 import numpy as np
-from minisynth.allocator import reuse_freed_memory
+from minisynth.fast.allocator import reuse_freed_memory
 applied = reuse_freed_memory() if sys.argv[1] == "tuned" else None
 a = np.ones(3_000_000, np.float32); del a  # the first use may fault in any case
 big = 10_000_000  # 40 MB: above the largest mmap threshold glibc accepts (32 MiB)
@@ -58,7 +58,7 @@ def test_opt_out_leaves_malloc_alone():
 
 
 def test_the_minisynth_command_applies_it(monkeypatch, tmp_path):
-    import minisynth.allocator as allocator
+    import minisynth.fast.allocator as allocator
     from minisynth import cli
 
     calls = []

@@ -29,12 +29,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numba.core.errors import TypingError
 
-from minisynth import backend, kernels, layers, optim
+from minisynth import layers, optim
+from minisynth.fast import backend, kernels
 
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 ATOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
 TWINS = {name: getattr(kernels, name).reference for name in kernels.__all__}
-TWIN_NAMES = [n for n in kernels.__all__ if n != "cross_entropy_forward_backward"]
+TWIN_NAMES = list(kernels.__all__)
 
 dtypes = st.sampled_from([np.float32, np.float64])
 lead_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=2).map(tuple)  # () = one row
@@ -51,11 +52,14 @@ def numba_must_work():
 
 @pytest.fixture
 def fresh_backend(monkeypatch):
-    """Let a test change the backend state; monkeypatch restores it afterwards."""
-    for name in ("_active", "_numba_problem", "_numba_checked"):
+    """Let a test change the backend state; restored afterwards (the swapped functions too)."""
+    previous = backend.get_backend()
+    for name in ("_active", "_numba_problem"):
         monkeypatch.setattr(backend, name, getattr(backend, name))
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
-    return monkeypatch
+    yield monkeypatch
+    monkeypatch.undo()
+    backend.set_backend(previous)
 
 
 # ----------------------------------------------------------------------- helpers
@@ -257,13 +261,6 @@ def test_cross_entropy_matches_twin(dtype, lead, V, seed, contiguous, masked):
     true = truth_of(layers.cross_entropy_backward, dloss, ref_cache)
     assert_parity(dlogits, ref, true, what="dlogits")
 
-    # the fused kernel equals forward + backward of the twins
-    fused_loss, fused_dlogits = kernels.cross_entropy_forward_backward(logits, targets, dloss)
-    assert_unchanged(before[:1], [dloss])
-    assert_parity(fused_loss, ref_loss, true_loss, what="fused loss")
-    true_d = truth_of(layers.cross_entropy_backward, dloss, true_cache)
-    assert_parity(fused_dlogits, ref, true_d, what="fused dlogits")
-
 
 # ------------------------------------------------------------------- embedding
 @given(dtype=dtypes, lead=lead_shapes, V=st.integers(1, 6), C=widths, seed=seeds)
@@ -365,11 +362,6 @@ def _bad_calls():
         ("cross_entropy_backward", lambda: (("one", ce_cache), {})),
         ("embedding_backward", lambda: ((np.ones((3, 3)), emb_cache), {})),
         ("embedding_backward", lambda: ((np.ones((2, 3), dtype=int), emb_cache), {})),
-        ("matmul", lambda: ((np.ones((2, 3)), np.ones((4, 2))), {})),
-        ("matmul", lambda: ((np.ones((2, 3)), np.ones((3, 2), dtype=f32)), {})),
-        ("matmul", lambda: ((np.ones((2, 2, 3)), np.ones((3, 3, 2))), {})),
-        ("matmul", lambda: ((np.ones(3), np.ones((3, 2))), {})),
-        ("linear_forward", lambda: ((np.ones((2, 3)), np.ones((4, 2)), np.zeros(2)), {})),
         ("adamw_update", lambda: adamw(g=np.ones(4))),
         ("adamw_update", lambda: adamw(m=np.zeros(3, dtype=f32))),
         ("adamw_update", lambda: adamw(lr=-1.0)),
@@ -405,8 +397,7 @@ def test_jit_options_keep_infinities():
         for name, fn in vars(kernels).items()
         if isinstance(fn, numba.core.registry.CPUDispatcher)
     }
-    jitted = [n for n in kernels.__all__ if n not in kernels.BLAS_TWINS]
-    assert len(dispatchers) >= len(jitted)  # one jitted inner function per kernel
+    assert len(dispatchers) >= len(kernels.__all__)  # one jitted inner function per kernel
     for name, fn in dispatchers.items():
         assert fn.targetoptions["fastmath"] == flags, name
         assert fn.targetoptions["nopython"], name
@@ -443,7 +434,9 @@ def test_unknown_backend_names_are_rejected(fresh_backend, name):
     assert backend.get_backend() == "numpy"
 
 
-@pytest.mark.parametrize(("env", "expected"), [(None, "numba"), ("", "numba"), ("numpy", "numpy")])
+@pytest.mark.parametrize(
+    ("env", "expected"), [(None, "numpy"), ("", "numpy"), ("numba", "numba"), ("numpy", "numpy")]
+)
 def test_initial_backend_comes_from_the_environment(fresh_backend, env, expected):
     backend._active = None  # as at import: not yet resolved
     if env is not None:
@@ -458,29 +451,17 @@ def test_a_misspelt_environment_backend_is_an_error(fresh_backend):
         backend.get_backend()
 
 
-def test_op_follows_the_backend(fresh_backend):
-    for name in TWIN_NAMES:
-        with backend.use_backend("numba"):
-            assert backend.op(name) is getattr(kernels, name)
-        with backend.use_backend("numpy"):
-            assert backend.op(name) is TWINS[name]
-    with backend.use_backend("numba"):  # no kernel: the reference on both backends
-        assert backend.op("relu_forward") is layers.relu_forward
-        assert (
-            backend.op("cross_entropy_forward_backward") is kernels.cross_entropy_forward_backward
-        )
-    with backend.use_backend("numpy"):
-        assert backend.op("adamw_update") is optim.adamw_update
-        assert backend.op("softmax_backward") is layers.softmax_backward
-        with pytest.raises(ValueError, match="no op named"):
-            backend.op("cross_entropy_forward_backward")  # kernel only
-
-
-@pytest.mark.parametrize("name", ["no_such_op", "np", "NamedTuple", "_check_hparams"])
-def test_op_rejects_names_that_are_not_ops(fresh_backend, name):
-    for b in backend.VALID_BACKENDS:
-        with backend.use_backend(b), pytest.raises(ValueError, match="no op named"):
-            backend.op(name)
+def test_the_backend_swaps_each_twin_into_the_reference_module(fresh_backend):
+    modules = {layers.__name__: layers, optim.__name__: optim}
+    assert {twin.reference.__name__ for twin in kernels.TWINS} == set(TWIN_NAMES)
+    for b in ("numba", "numpy", "numba"):  # and back again
+        backend.set_backend(b)
+        for twin in kernels.TWINS:
+            module = modules[twin.reference.__module__]
+            expected = twin if b == "numba" else twin.reference
+            assert getattr(module, twin.reference.__name__) is expected
+    backend.set_backend("numpy")
+    assert layers.relu_forward.__module__ == layers.__name__  # no twin: always the reference
 
 
 def test_a_kernel_that_fails_to_compile_falls_back_with_one_warning(fresh_backend):
@@ -497,7 +478,7 @@ def test_a_kernel_that_fails_to_compile_falls_back_with_one_warning(fresh_backen
     assert len(record) == 1
     np.testing.assert_array_equal(out, layers.gelu_forward(x)[0])
     assert backend.get_backend() == "numpy"
-    assert backend.op("gelu_forward") is layers.gelu_forward
+    assert layers.gelu_forward is kernels.gelu_forward.reference  # swapped back
     # other kernels now go straight to their twins too
     _, ln_cache = kernels.layernorm_forward(x, np.ones(7), np.zeros(7))
     np.testing.assert_array_equal(
@@ -511,10 +492,12 @@ import sys, warnings
 sys.modules["numba"] = None  # `import numba` now raises ImportError
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    from minisynth import backend, layers
+    from minisynth import layers
+    from minisynth.fast import backend
+    gelu = layers.gelu_forward
     assert backend.get_backend() == "numpy"
     assert backend.set_backend("numba") == "numpy"
-    assert backend.op("gelu_forward") is layers.gelu_forward
+    assert layers.gelu_forward is gelu
     with backend.use_backend("numba") as active:
         assert active == "numpy"
 msgs = [str(w.message) for w in caught if w.category is RuntimeWarning]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from minisynth import viz
-from minisynth.backend import use_backend
 from minisynth.checkpoint import save_checkpoint
 from minisynth.cli import main
+from minisynth.fast.backend import use_backend
 from minisynth.model import ModelConfig, SynthesizerLM
 from minisynth.train import TrainConfig, train
 

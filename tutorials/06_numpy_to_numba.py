@@ -1,12 +1,14 @@
 # %% [markdown]
 # # 06 · From NumPy to Numba
 #
-# minisynth has two backends. The NumPy functions in `minisynth.layers` are the
+# minisynth has two paths. The NumPy functions in `minisynth.layers` are the
 # ground truth: short, readable, one array expression per line of maths. The
-# functions of the same names in `minisynth.kernels` are compiled with
+# functions of the same names in `minisynth.fast.kernels` are compiled with
 # [Numba](https://numba.readthedocs.io) and must return the same results (to
-# float rounding). `minisynth.backend.op(name)` hands out one or the other,
-# depending on `set_backend` / `use_backend`, so the model code never changes.
+# float rounding); each names the reference it replaces (`kernel.reference`).
+# `set_backend("numba")` swaps the kernels into `minisynth.layers` in place of
+# their references, and `set_backend("numpy")` swaps them back, so the model
+# code, which calls `layers.gelu_forward(...)`, never changes.
 #
 # This tutorial follows the path from one to the other:
 #
@@ -40,16 +42,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import minisynth
-from minisynth import (
-    ModelConfig,
-    SynthesizerLM,
-    allocator,
-    get_backend,
-    kernels,
-    layers,
-    use_backend,
-)
+from minisynth import ModelConfig, SynthesizerLM, get_backend, layers, use_backend
 from minisynth.data import get_batch, load_data
+from minisynth.fast import allocator, kernels
 from minisynth.gradcheck import numerical_gradient_array, rel_error
 
 TINY = os.environ.get("MINISYNTH_TUTORIAL_TINY", "0") not in ("", "0")
@@ -551,7 +546,7 @@ print(f"the two sums differ by {difference:.1e} (another order of additions)")
 #
 # Compiled with `parallel=True`, a `numba.prange` loop is split into chunks
 # that run on several threads at once. That is only correct if no two
-# iterations write the same memory. Every prange loop in `minisynth.kernels`
+# iterations write the same memory. Every prange loop in `minisynth.fast.kernels`
 # (and ours above: iteration `bh` writes `probs[b, h]` and `o[b, h]`, nothing
 # else) follows that rule, so that the kernels stay correct if they are ever
 # compiled in parallel.
@@ -617,16 +612,13 @@ assert wrong_blocks == 0
 # that is what makes such bugs dangerous. The block version is right every
 # time.
 #
-# Yet no kernel of minisynth is compiled with `parallel=True`
-# (`kernels.PARALLEL_JIT_OPTS` exists, for `benchmarks/bench_kernels.py`):
-# on the two-core target, a kernel alone runs up to 2x faster on two threads,
-# but in a training step every kernel follows a BLAS matrix product whose
-# worker thread keeps spinning on the other core for a while, and a Numba
-# parallel region then waits for it. Instead, the kernels are compiled with
-# `nogil=True` and `minisynth.parallel` runs them on chunks of rows in a small
-# pool of Python threads, the same threads that run the matrix products with
-# OpenBLAS single-threaded in each, so no thread pool spins against another.
-# Measure before you parallelise.
+# Yet no kernel of minisynth is compiled with `parallel=True`: in a training
+# step every kernel follows a BLAS matrix product whose worker thread keeps
+# spinning on the other core for a while, and a Numba parallel region then
+# waits for it. Instead, the kernels are serial and compiled with `nogil=True`,
+# and `minisynth.fast.threads` splits the *batch*: each thread runs the whole
+# forward and backward on its shard, with OpenBLAS single-threaded, so no
+# thread pool spins against another. Measure before you parallelise.
 #
 # ## 6. Measure the speed-up
 #
@@ -678,8 +670,8 @@ for name, (t_np, t_nb) in op_ms.items():
 #   (attention core, GELU, cross-entropy) are split in three: a jitted pass
 #   writes the shifted logits into a fresh buffer, `np.exp(buf, out=buf)`
 #   exponentiates it in place, and a second jitted pass finishes the job
-#   (for attention: divides by the row sums). The module docstring of `minisynth.kernels`
-#   tells the story.
+#   (for attention: divides by the row sums). The module docstring of
+#   `minisynth.fast.kernels` tells the story.
 #
 # "Compiled" does not mean "faster": measure each step.
 #
@@ -746,7 +738,7 @@ for label, times in step_ms_default.items():
 # glibc lets a program serve every block from the heap and keep freed memory
 # for reuse (`mallopt`, or the environment variables `MALLOC_MMAP_MAX_` and
 # `MALLOC_TRIM_THRESHOLD_` set before Python starts).
-# `minisynth.allocator.reuse_freed_memory()` makes the two `mallopt` calls
+# `minisynth.fast.allocator.reuse_freed_memory()` makes the two `mallopt` calls
 # through `ctypes` (the `minisynth` command does the same at start-up); we call
 # it and time the same steps again. **This changes the allocator of this Python
 # process for good** (restart the kernel to undo it), which is why it comes

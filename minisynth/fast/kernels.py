@@ -1,42 +1,39 @@
-"""Numba kernels: drop-in twins of the NumPy reference layers.
+"""Numba kernels: drop-in twins of reference functions of the NumPy layers.
 
-Every public function here has exactly the signature, the input checks and the
-return types (the same NamedTuple caches) of its NumPy twin in
-:mod:`minisynth.layers` (``adamw_update``: :mod:`minisynth.optim`), so
-:func:`minisynth.backend.op` can hand out either one. One extra has no twin:
-``cross_entropy_forward_backward``, the fused loss and gradient. A public function is a
-thin Python wrapper: it runs the twin's checks, views the data as a C-contiguous
-2-D ``(N, C)`` (or flat) array and calls a jitted inner function that does the
-arithmetic. The exceptions are :data:`BLAS_TWINS`: matrix products, where the
-fast path is not Numba but BLAS split over threads (:mod:`minisynth.parallel`).
-The twins are the ground truth; ``tests/test_kernels.py`` holds the kernels
-to them.
+Each function in :data:`TWINS` has the signature, the input checks and the
+return types (the same NamedTuple caches) of the reference function it replaces,
+named by its ``reference`` attribute (:mod:`minisynth.layers`; ``adamw_update``:
+:mod:`minisynth.optim`); :mod:`minisynth.fast.backend` swaps them in.  A
+public function is a thin Python wrapper: it runs the twin's checks, views the
+data as a C-contiguous 2-D ``(N, C)`` (or flat) array and calls a jitted inner
+function that does the arithmetic. ``tests/test_kernels.py`` holds each kernel to
+its reference.
 
 Conventions
 -----------
 * Arithmetic runs in the input dtype (float32 or float64). Row reductions (mean,
   variance, log-sum-exp, the loss) and column sums (``dg``, ``db``) accumulate in
   float64, so results agree with the twins to the rounding of the dtype.
-* All jit options live in :data:`JIT_OPTS` / :data:`PARALLEL_JIT_OPTS`. fastmath
-  is an explicit flag set without ``nnan`` / ``ninf``: masked logits are ``-inf``
-  and must stay ``-inf`` (``exp(-inf) = 0``).
-* The kernels are compiled serially (see :data:`PARALLEL_JIT_OPTS` for why) and
-  ``nogil``; the wrappers run them on chunks of rows in the threads of
-  :mod:`minisynth.parallel`, which also runs the matrix products.
+* All jit options live in :data:`JIT_OPTS`. fastmath is an explicit flag set
+  without ``nnan`` / ``ninf``: masked logits are ``-inf`` and must stay ``-inf``
+  (``exp(-inf) = 0``).
+* The kernels are serial and ``nogil``: :mod:`minisynth.fast.threads` runs whole
+  shards of a batch in parallel threads, so a kernel never splits itself.
   Their ``prange`` loops run only over the index that one iteration writes (a
   row, a block of rows, an element); no prange body does ``+=`` into an array
   shared between iterations, so they stay correct if compiled in parallel.
   Column sums over rows are formed as partial sums of fixed-size row blocks,
-  added up in block order: the result would not depend on the thread count.
+  added up in block order.
 * Backward functions are pure: they never write into ``dout`` or the cache and
   return freshly allocated arrays.
 * exp: Numba (without Intel's SVML library) calls the scalar libm ``exp`` for
-  every element, while NumPy's ``np.exp`` ufunc is SIMD and about 5x faster here.
+  every element, while NumPy's ``np.exp`` ufunc is SIMD and several times faster.
   So the exp-heavy kernels (GELU, softmax / cross-entropy) run as a jitted pass
   that writes the exponent into a fresh buffer, ``np.exp`` in place on it, and a
   jitted pass that finishes the job in the same buffer.
-* If a kernel fails to compile, its wrapper tells :mod:`minisynth.backend` (one
-  RuntimeWarning; the backend switches to NumPy) and returns the twin's result.
+* If a kernel fails to compile, its wrapper tells :mod:`minisynth.fast.backend`
+  (one RuntimeWarning; the backend switches to the reference) and returns the
+  reference's result.
 
 Shape letters are those of :mod:`minisynth.layers`; ``P`` is the number of
 elements of one parameter array.
@@ -51,9 +48,9 @@ import numpy as np
 from numba import jit, prange
 from numba.core.errors import NumbaError
 
-from . import backend, layers, optim
-from ._validate import check_float_array, check_int_array, check_shape
-from .layers import (
+from .. import layers, optim
+from .._validate import check_float_array, check_int_array, check_shape
+from ..layers import (
     GELU_CUBIC,
     GELU_SCALE,
     LAYERNORM_EPS,
@@ -61,7 +58,7 @@ from .layers import (
     GeluCache,
     LayerNormCache,
 )
-from .parallel import run_chunks, threaded_causal_matmul, threaded_matmul
+from . import backend
 
 __all__ = [
     "layernorm_forward",
@@ -70,22 +67,11 @@ __all__ = [
     "gelu_backward",
     "cross_entropy_forward",
     "cross_entropy_backward",
-    "cross_entropy_forward_backward",
     "embedding_backward",
     "adamw_update",
     "attention_core_forward",
     "attention_core_backward",
-    "matmul",
-    "causal_matmul",
-    "linear_forward",
-    "linear_backward",
 ]
-BLAS_TWINS = (
-    "matmul",
-    "causal_matmul",
-    "linear_forward",
-    "linear_backward",
-)  # no jitted code of their own
 
 # ------------------------------------------------------------------- jit options
 # The one place for jit options. fastmath flags, spelled out because
@@ -99,26 +85,14 @@ BLAS_TWINS = (
 FASTMATH_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}  # a set: Numba rejects frozenset
 # error_model="numpy": x / 0 gives inf/nan as in NumPy instead of a Python
 # ZeroDivisionError, which also keeps the division checks out of inner loops.
-# nogil: the wrappers run kernels on chunks of rows in several Python threads at once
-# (minisynth.parallel.run_chunks); every kernel writes only its own rows.
+# nogil: minisynth.fast.threads runs shards of a batch in several Python threads at once.
 JIT_OPTS = dict(nopython=True, nogil=True, cache=True, error_model="numpy", fastmath=FASTMATH_FLAGS)
-# parallel=True does not pay on the 2-core target, so no kernel uses it (measured
-# by benchmarks/bench_kernels.py, which compiles the same functions with these
-# options): alone, 2 threads are up to 2x faster, but in a training step each
-# kernel follows a BLAS matmul, and Numba's parallel region then competes with
-# spinning BLAS workers; a whole step compiled this way was 30% slower than the
-# serial kernels run on chunks in minisynth.parallel's threads, which also run
-# the products (OpenBLAS single-threaded in each), so nothing spins.
-# The row loops still use prange (serial under JIT_OPTS) and are written so that
-# switching them to these options is safe.
-PARALLEL_JIT_OPTS = dict(JIT_OPTS, parallel=True)
 
 # Bytes of work a multi-pass kernel keeps in cache between its passes (half an L2 of
 # the development machine's 2 MiB: room for the inputs too).
 CACHE_BYTES = 1 << 20
 
-# Rows per block of the dg/db partial sums (layer norm backward). Fixed, not
-# tied to the thread count, so the summation order (and the result) is too.
+# Rows per block of the dg/db partial sums (layer norm backward).
 ROW_BLOCK = 64
 
 
@@ -128,7 +102,7 @@ def _falls_back_to(reference):
 
     Compilation happens on the first call for each dtype, so a broken Numba /
     LLVM shows up here as a ``NumbaError``. The wrapper reports it to
-    :func:`minisynth.backend.disable_numba` (one RuntimeWarning for the process,
+    :func:`minisynth.fast.backend.disable_numba` (one RuntimeWarning for the process,
     the backend becomes "numpy") and from then on every kernel simply calls its
     twin. Input-check errors (TypeError / ValueError) are not NumbaErrors and
     propagate unchanged. ``functools.wraps`` keeps the kernel's name, docstring
@@ -170,10 +144,6 @@ def _like_twin(out, shape):
     """Give ``out`` the twin's shape; a 0-d result becomes a NumPy scalar, as NumPy returns."""
     out = out.reshape(shape)  # (...)
     return out[()] if out.ndim == 0 else out
-
-
-# the products of the attention core: split over threads, causal maps skip their zeros
-THREADED_PRODUCTS = layers.Products(threaded_matmul, threaded_causal_matmul)
 
 
 # ------------------------------------------------------------------- layer norm
@@ -246,13 +216,7 @@ def layernorm_forward(x, g, b, eps=LAYERNORM_EPS):
     out = np.empty_like(x2)  # (N, C)
     xhat = np.empty_like(x2)  # (N, C)
     rstd = np.empty(N, dtype=x2.dtype)  # (N,)
-    run_chunks(
-        N,
-        lambda lo, hi: _layernorm_forward_rows(
-            x2[lo:hi], g, b, eps, out[lo:hi], xhat[lo:hi], rstd[lo:hi]
-        ),
-        work_per_item=C,
-    )
+    _layernorm_forward_rows(x2, g, b, eps, out, xhat, rstd)
     cache = LayerNormCache(
         xhat.reshape(x.shape),  # (..., C)
         rstd.reshape(x.shape[:-1] + (1,)),  # (..., 1)
@@ -274,15 +238,8 @@ def layernorm_backward(dout, cache):
     n_blocks = (N + ROW_BLOCK - 1) // ROW_BLOCK
     dg_part = np.empty((n_blocks, C))  # (n_blocks, C) float64 partial sums, one row per block
     db_part = np.empty((n_blocks, C))  # (n_blocks, C)
-
-    def blocks(lo, hi):  # row blocks lo:hi, in one thread
-        rows = slice(lo * ROW_BLOCK, min(N, hi * ROW_BLOCK))
-        _layernorm_backward_rows(
-            dout2[rows], xhat2[rows], rstd1[rows], g, dx[rows], dg_part[lo:hi], db_part[lo:hi]
-        )
-
-    run_chunks(n_blocks, blocks, work_per_item=ROW_BLOCK * C)
-    # summed over blocks in block order, whatever the thread count: deterministic
+    _layernorm_backward_rows(dout2, xhat2, rstd1, g, dx, dg_part, db_part)
+    # summed over blocks in block order: deterministic
     dg = dg_part.sum(axis=0).astype(dout.dtype)  # (C,)
     db = db_part.sum(axis=0).astype(dout.dtype)  # (C,)
     return dx.reshape(dout.shape), dg, db  # (..., C), (C,), (C,)
@@ -369,14 +326,9 @@ def gelu_forward(x):
     xf = _flat(x)  # (size,)
     u_min = _gelu_u_min(x.dtype)
     out = np.empty_like(xf)  # (size,)
-
-    def gelu_chunk(lo, hi):  # three passes over elements lo:hi, in one thread
-        e = out[lo:hi]
-        _gelu_exp_arg(xf[lo:hi], u_min, e)  # -2u
-        np.exp(e, out=e)  # exp(-2u), SIMD
-        _gelu_forward_finish(xf[lo:hi], e, u_min)  # out, in the same buffer
-
-    run_chunks(xf.shape[0], gelu_chunk)
+    _gelu_exp_arg(xf, u_min, out)  # -2u
+    np.exp(out, out=out)  # exp(-2u), SIMD
+    _gelu_forward_finish(xf, out, u_min)  # out, in the same buffer
     return _like_twin(out, x.shape), GeluCache(x)  # (...)
 
 
@@ -390,14 +342,9 @@ def gelu_backward(dout, cache):
     doutf = _flat(dout)  # (size,)
     u_min = _gelu_u_min(x.dtype)
     dx = np.empty_like(xf)  # (size,) a fresh buffer: dout and the cache stay untouched
-
-    def gelu_backward_chunk(lo, hi):
-        e = dx[lo:hi]
-        _gelu_exp_arg(xf[lo:hi], u_min, e)
-        np.exp(e, out=e)
-        _gelu_backward_finish(doutf[lo:hi], xf[lo:hi], e, u_min)  # dx, in the same buffer
-
-    run_chunks(xf.shape[0], gelu_backward_chunk)
+    _gelu_exp_arg(xf, u_min, dx)  # -2u
+    np.exp(dx, out=dx)  # exp(-2u), SIMD
+    _gelu_backward_finish(doutf, xf, dx, u_min)  # dx, in the same buffer
     return _like_twin(dx, x.shape)  # (...)
 
 
@@ -503,27 +450,6 @@ def cross_entropy_backward(dloss, cache):
         np.ascontiguousarray(probs), _flat(t).astype(np.intp, copy=False), scale
     )  # (N, V)
     return dlogits.reshape(shape)  # (..., V)
-
-
-def _cross_entropy_forward_backward_reference(logits, targets, dloss=1.0):
-    """The NumPy composition the fused kernel must equal (its fallback)."""
-    loss, cache = layers.cross_entropy_forward(logits, targets)
-    return loss, layers.cross_entropy_backward(dloss, cache)
-
-
-@_falls_back_to(_cross_entropy_forward_backward_reference)
-def cross_entropy_forward_backward(logits, targets, dloss=1.0):
-    """Fused loss and gradient: returns ``(loss, dlogits)`` with dlogits (..., V).
-
-    Equals ``cross_entropy_forward`` followed by ``cross_entropy_backward(dloss, cache)``
-    but writes dlogits straight into the probabilities' buffer: no cache, no copy.
-    Kernel only: on the NumPy path, compose the two twins.
-    """
-    V = layers.check_cross_entropy_inputs(logits, targets)
-    dloss = float(dloss)
-    scale = logits.dtype.type(dloss / targets.size)  # rounded to the dtype, as the twin
-    dlogits, losses = _softmax_rows(logits, targets, V, scale, True)  # (N, V), (N,)
-    return _mean_loss(losses, logits.dtype), dlogits.reshape(logits.shape)  # (..., V)
 
 
 # -------------------------------------------------------------------- embedding
@@ -659,25 +585,21 @@ def attention_core_forward(S, v, causal):
     shared = S.ndim == 3
     check_shape("S", S, (H, T, T) if shared else (B, H, T, T))
     if shared:  # one (H,T,T) softmax and a batched BLAS matmul: nothing per batch to fuse
-        return layers.shared_attention_core_forward(THREADED_PRODUCTS, S, v, causal)
+        return attention_core_forward.reference(S, v, causal)
     causal = bool(causal)
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     S_maps = np.ascontiguousarray(S).reshape(B * H, 1, T, T)  # (B*H,1,T,T) one map per row
     P_maps = probs.reshape(B * H, 1, T, T)  # (B*H,1,T,T) a view of probs
-
-    def softmax_maps(lo, hi):
-        # three passes over maps lo:hi in one thread: shifted logits, NumPy's SIMD
-        # exp in place (see the module docstring), then divide by the row sums; a
-        # few maps at a time, so the second and third passes find them in cache
-        step = max(1, CACHE_BYTES // (T * T * probs.itemsize))
-        for a in range(lo, hi, step):
-            z = P_maps[a : min(a + step, hi)]
-            _attention_shift_rows(S_maps[a : a + z.shape[0]], causal, z)
-            np.exp(z, out=z)
-            _attention_normalise_rows(causal, z)
-
-    run_chunks(B * H, softmax_maps, work_per_item=T * T)
-    o = THREADED_PRODUCTS.probs_times(probs, v, causal)  # (B,H,T,hs)
+    # three passes: shifted logits, NumPy's SIMD exp in place (see the module
+    # docstring), then divide by the row sums; a few maps at a time, so the second
+    # and third passes find them in cache
+    step = max(1, CACHE_BYTES // (T * T * probs.itemsize))
+    for a in range(0, B * H, step):
+        z = P_maps[a : a + step]
+        _attention_shift_rows(S_maps[a : a + z.shape[0]], causal, z)
+        np.exp(z, out=z)
+        _attention_normalise_rows(causal, z)
+    o = probs @ v  # (B,H,T,hs)
     return o, probs
 
 
@@ -706,99 +628,14 @@ def attention_core_backward(do, probs, v, shared, causal=False):
     B, H, T, hs = v.shape
     check_shape("do", do, v.shape)
     check_shape("probs", probs, (B, H, T, T))
-    if shared:  # dP summed over the batch by one BLAS matmul per head; see the twin
-        return layers.shared_attention_core_backward(THREADED_PRODUCTS, do, probs, v, causal)
+    if shared:  # dP summed over the batch by one BLAS matmul per head: nothing to fuse
+        return attention_core_backward.reference(do, probs, v, shared, causal)
     # o = P @ v
-    dS = threaded_matmul(do, v.swapaxes(-1, -2))  # (B,H,T,T) dP for now: fresh, made dS in place
-    dv = THREADED_PRODUCTS.probs_times(probs, do, causal, transpose=True)  # (B,H,T,hs) P^T do
-    P_maps = np.ascontiguousarray(probs).reshape(B * H, 1, T, T)  # (B*H,1,T,T)
-    dS_maps = dS.reshape(B * H, 1, T, T)  # (B*H,1,T,T) a view of dS
-    run_chunks(
-        B * H,
-        lambda lo, hi: _softmax_backward_rows(P_maps[lo:hi], dS_maps[lo:hi]),
-        work_per_item=T * T,
-    )
+    dS = do @ v.swapaxes(-1, -2)  # (B,H,T,T) dP for now: fresh, made dS in place
+    dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+    _softmax_backward_rows(np.ascontiguousarray(probs), dS)
     return dS, dv
 
 
-# ------------------------------------------------------------ matrix products
-# The twins call np.matmul; these split the batch (or the rows) over threads with
-# NumPy's BLAS single-threaded in each, which is where attention's many small
-# products gain on 2 cores (see minisynth.parallel). Same BLAS calls per output
-# matrix, so the same numbers.
-
-
-def _twin_of(reference):
-    """Decorate a non-jitted twin: record its NumPy reference, as ``_falls_back_to`` does."""
-
-    def decorate(fn):
-        fn.reference = reference
-        return fn
-
-    return decorate
-
-
-@_twin_of(layers.matmul)
-def matmul(a, b):
-    """Twin of :func:`minisynth.layers.matmul`, split over threads (:mod:`minisynth.parallel`)."""
-    layers.check_matmul_inputs(a, b)
-    return threaded_matmul(a, b)  # (..., m, n)
-
-
-@_twin_of(layers.causal_matmul)
-def causal_matmul(L, x, transpose=False):
-    """Twin of :func:`minisynth.layers.causal_matmul`: skips the zero blocks, split over threads."""
-    layers.causal_matmul_checks(L, x)
-    return threaded_causal_matmul(L, x, transpose)  # (..., T, n)
-
-
-@_twin_of(layers.linear_forward)
-def linear_forward(x, W, b):
-    """Twin of :func:`minisynth.layers.linear_forward`: rows split over threads.
-
-    Each thread adds the bias to its rows of the product right after BLAS wrote
-    them (still in cache), instead of one more serial pass over the output.
-    """
-    D, F = layers.check_linear_inputs(x, W, b)
-    x2 = x.reshape(-1, D)  # (N, D)
-    out = np.empty((x2.shape[0], F), dtype=W.dtype)  # (N, F)
-
-    def rows(lo, hi):
-        np.matmul(x2[lo:hi], W, out=out[lo:hi])
-        out[lo:hi] += b
-
-    run_chunks(x2.shape[0], rows, work_per_item=D * F, products=True)
-    return out.reshape(x.shape[:-1] + (F,)), layers.LinearCache(x, W)  # (..., F)
-
-
-@_twin_of(layers.linear_backward)
-def linear_backward(dout, cache):
-    """Twin of :func:`minisynth.layers.linear_backward`: the rows split over threads.
-
-    Each thread takes a share of the rows of x and dout and computes those rows
-    of dx, plus the partial dW and db over its rows (each input row is read by
-    one thread only); the partials are then added in row order. Splitting dW
-    by its own rows instead was up to 2x slower (each thread then reads all of
-    dout).
-    """
-    layers.check_linear_backward_inputs(dout, cache)
-    x, W = cache
-    D, F = W.shape
-    x2 = x.reshape(-1, D)  # (N, D)
-    dout2 = dout.reshape(-1, F)  # (N, F)
-    N = x2.shape[0]
-    dx = np.empty((N, D), dtype=W.dtype)  # (N, D)
-    partials = {}  # first row of a share -> (dW over its rows (D, F), db over its rows (F,))
-
-    def share(lo, hi):
-        # out = x @ W + b
-        np.matmul(dout2[lo:hi], W.T, out=dx[lo:hi])
-        partials[lo] = (x2[lo:hi].T @ dout2[lo:hi], dout2[lo:hi].sum(axis=0))
-
-    run_chunks(N, share, work_per_item=2 * D * F, products=True)
-    in_row_order = [partials[lo] for lo in sorted(partials)]
-    dW, db = in_row_order[0]
-    for dW_part, db_part in in_row_order[1:]:
-        dW += dW_part  # in place: dW is the first share's fresh array
-        db += db_part
-    return dx.reshape(x.shape), dW, db  # (..., D), (D, F), (F,)
+# what minisynth.fast.backend swaps in for the reference functions they name
+TWINS = tuple(globals()[name] for name in __all__ if hasattr(globals()[name], "reference"))

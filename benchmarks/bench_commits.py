@@ -1,0 +1,98 @@
+"""Benchmark: a whole training step of two minisynth checkouts, side by side.
+
+Run from the repository root (a script, not a test)::
+
+    python benchmarks/bench_commits.py OLD_CHECKOUT [--kinds vanilla dense] [--rounds 5]
+
+OLD_CHECKOUT is another minisynth source tree (e.g. ``git worktree add /tmp/old
+<commit>``). For each kind, each round times a step (forward, backward, global-norm
+clipping, AdamW) at the bench config of ``bench_train.py`` (C=256, H=8, 4 layers,
+T=256, B=16, float32) once in a fresh process per checkout, the checkouts
+alternating so that both see the same machine load; every process applies the
+malloc setting of ``minisynth train`` and runs as ``minisynth train`` does (this
+checkout: the fast path, ``minisynth.fast.loss_and_grads``; an older checkout: its
+own default backend and ``model.loss_and_grads``). Prints a Markdown table of the
+median step times (each process reports the median of its steps after two
+warm-up steps) and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+WORKER = r"""
+import json, statistics, sys, time
+import numpy as np
+try:
+    from minisynth.fast.allocator import reuse_freed_memory
+    from minisynth import fast
+    fast.set_backend("numba")
+    step_grads = fast.loss_and_grads
+except ImportError:  # an older layout
+    from minisynth.allocator import reuse_freed_memory
+    step_grads = lambda model, x, y: model.loss_and_grads(x, y)
+reuse_freed_memory()
+from minisynth.model import ModelConfig, SynthesizerLM
+from minisynth.optim import AdamW, clip_grad_norm
+kind, steps = sys.argv[1], int(sys.argv[2])
+cfg = ModelConfig(d_model=256, n_heads=8, n_layers=4, max_len=256, attention=kind)
+model = SynthesizerLM(cfg, seed=0)
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 256, (16, 256)), rng.integers(0, 256, (16, 256))
+opt = AdamW(model.params, lr=1e-3, weight_decay=0.1)
+times = []
+for _ in range(steps + 2):
+    t0 = time.perf_counter()
+    loss, grads = step_grads(model, x, y)
+    clip_grad_norm(grads, 1.0)
+    opt.step(grads, lr=1e-4)
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"ms": 1e3 * statistics.median(times[2:]), "loss": float(loss)}))
+"""
+
+
+def time_step(checkout, kind, steps):
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, kind, str(steps)],
+        env=env,
+        cwd=checkout,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["ms"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("old", type=Path, help="the other minisynth checkout")
+    parser.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["vanilla", "dense", "random", "factorized_random", "dense+vanilla"],
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="processes per checkout and kind")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per process")
+    args = parser.parse_args(argv)
+    print(f"old: {args.old.resolve()}  new: {HERE}  (median over {args.rounds} processes)\n")
+    print("| kind | old ms | new ms | new / old |")
+    print("|---|---:|---:|---:|")
+    for kind in args.kinds:
+        old, new = [], []
+        for _ in range(args.rounds):
+            old.append(time_step(args.old.resolve(), kind, args.steps))
+            new.append(time_step(HERE, kind, args.steps))
+        o, n = statistics.median(old), statistics.median(new)
+        print(f"| {kind} | {o:.0f} | {n:.0f} | {n / o:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
