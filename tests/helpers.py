@@ -85,8 +85,9 @@ OPENBLAS = threads.numpy_openblas()
 
 @contextlib.contextmanager
 def two_shards():
-    """OpenBLAS on 2 threads, so the fast path splits every batch of two or more rows, and
-    attention maps in steps of one (tiny test shapes take full-size training's paths);
+    """OpenBLAS on 2 threads, so the fast path splits every batch of two or more rows,
+    attention maps in steps of one and causal products in blocks of 2 rows (so tiny
+    test shapes take full-size training's paths);
     yields the list of thread-pool sizes used. Without NumPy's OpenBLAS nothing splits:
     the list stays empty, and tests that need a split should skip."""
     splits = []
@@ -99,6 +100,7 @@ def two_shards():
     try:
         with (
             mock.patch.object(kernels, "CACHE_BYTES", 1),
+            mock.patch.object(kernels, "CAUSAL_BLOCK", 2),
             mock.patch.object(threads, "_workers", lambda n: splits.append(n) or real_workers(n)),
         ):
             yield splits

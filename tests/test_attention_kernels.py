@@ -66,3 +66,25 @@ def test_attention_core_rejects_mismatched_shapes():
         kernels.attention_core_forward(np.zeros((2, 2, 4, 5)), v, True)
     with pytest.raises(TypeError, match="dtype"):
         kernels.attention_core_forward(np.zeros((2, 4, 4), dtype=np.float32), v, True)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_causal_blocks_above_the_diagonal_are_never_read(shared):
+    """NaN in the blocks of 2 rows wholly above the diagonal of P changes nothing."""
+    rng = np.random.default_rng(0)
+    B, H, T, hs = 2, 2, 7, 3
+    S = uniform(rng, (H, T, T) if shared else (B, H, T, T), -4, 4)
+    v = uniform(rng, (B, H, T, hs))
+    do = upstream(rng, (B, H, T, hs))
+    o_ref, probs = layers.attention_core_forward(S, v, True)
+    dS_ref, dv_ref = layers.attention_core_backward(do, probs, v, shared, True)
+    i, j = np.indices((T, T))
+    poisoned = np.array(probs)  # (B,H,T,T) a writable copy
+    poisoned[..., j >= (i // 2 + 1) * 2] = np.nan  # the skipped blocks
+    with two_shards():
+        dS, dv = kernels.attention_core_backward(do, poisoned, v, False, True)
+        o, _ = kernels.attention_core_forward(S, v, True)
+    if not shared:
+        np.testing.assert_allclose(dS, dS_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dv, dv_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(o, o_ref, rtol=1e-12, atol=1e-12)

@@ -584,9 +584,11 @@ def attention_core_forward(S, v, causal):
     check_float_array("S", S, dtype=v.dtype)
     shared = S.ndim == 3
     check_shape("S", S, (H, T, T) if shared else (B, H, T, T))
-    if shared:  # one (H,T,T) softmax and a batched BLAS matmul: nothing per batch to fuse
-        return attention_core_forward.reference(S, v, causal)
     causal = bool(causal)
+    if shared:  # one (H,T,T) softmax, then the products: nothing per batch to fuse
+        probs_h, _ = layers.softmax_forward(S, causal=causal)  # (H,T,T)
+        o = _causal_product(probs_h, v) if causal else probs_h @ v  # (B,H,T,hs)
+        return o, np.broadcast_to(probs_h, (B, H, T, T))
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     S_maps = np.ascontiguousarray(S).reshape(B * H, 1, T, T)  # (B*H,1,T,T) one map per row
     P_maps = probs.reshape(B * H, 1, T, T)  # (B*H,1,T,T) a view of probs
@@ -599,24 +601,28 @@ def attention_core_forward(S, v, causal):
         _attention_shift_rows(S_maps[a : a + z.shape[0]], causal, z)
         np.exp(z, out=z)
         _attention_normalise_rows(causal, z)
-    o = probs @ v  # (B,H,T,hs)
+    o = _causal_product(probs, v) if causal else probs @ v  # (B,H,T,hs)
     return o, probs
 
 
 @jit(**JIT_OPTS)
-def _softmax_backward_rows(probs, dS):
+def _softmax_backward_rows(probs, dS, causal):
     B, H, T, _ = probs.shape
     for bh in prange(B * H):  # each iteration writes dS[b, h] only
         b = bh // H
         h = bh % H
         for i in range(T):
             # P = softmax(S):  dS[i,j] = P[i,j] (dP[i,j] - sum_k P[i,k] dP[i,k]); dS holds dP.
-            # Masked entries have P = 0, so they get dS = 0 without knowing the mask.
+            # Causal: P = 0 for j > i, so dS = 0 there, and dP there is never read (it
+            # may be unset: _causal_outer leaves out the blocks above the diagonal).
+            end = i + 1 if causal else T
             dot = 0.0
-            for j in range(T):
+            for j in range(end):
                 dot += probs[b, h, i, j] * dS[b, h, i, j]
-            for j in range(T):
+            for j in range(end):
                 dS[b, h, i, j] = probs[b, h, i, j] * (dS[b, h, i, j] - dot)
+            for j in range(end, T):
+                dS[b, h, i, j] = 0.0
 
 
 @_falls_back_to(layers.attention_core_backward)
@@ -630,11 +636,47 @@ def attention_core_backward(do, probs, v, shared, causal=False):
     check_shape("probs", probs, (B, H, T, T))
     if shared:  # dP summed over the batch by one BLAS matmul per head: nothing to fuse
         return attention_core_backward.reference(do, probs, v, shared, causal)
+    causal = bool(causal)
     # o = P @ v
-    dS = do @ v.swapaxes(-1, -2)  # (B,H,T,T) dP for now: fresh, made dS in place
-    dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
-    _softmax_backward_rows(np.ascontiguousarray(probs), dS)
+    if causal:  # P is zero above the diagonal: leave those blocks out
+        dS = _causal_outer(do, v)  # (B,H,T,T) dP for now: fresh, made dS in place
+        dv = _causal_product(probs, do, transpose=True)  # (B,H,T,hs)
+    else:
+        dS = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
+        dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+    _softmax_backward_rows(np.ascontiguousarray(probs), dS, causal)
     return dS, dv
+
+
+# Causal products in blocks of CAUSAL_BLOCK rows that leave out the blocks wholly above
+# the diagonal (about half the work at T = 256); smaller blocks skip more but give BLAS
+# smaller products.
+CAUSAL_BLOCK = 64
+
+
+def _causal_product(L, x, transpose=False):
+    """``L @ x`` (``L^T @ x`` if ``transpose``) for L (..., T, T) zero above its diagonal;
+    x (..., T, n), leading dimensions broadcast. Blocks above the diagonal are never read."""
+    T, n = L.shape[-1], x.shape[-1]
+    out = np.empty(np.broadcast_shapes(L.shape[:-2], x.shape[:-2]) + (T, n), dtype=x.dtype)
+    for lo in range(0, T, CAUSAL_BLOCK):
+        hi = min(lo + CAUSAL_BLOCK, T)
+        if transpose:  # (L^T x)[j] = sum over i >= j of L[i, j] x[i]
+            np.matmul(L[..., lo:, lo:hi].swapaxes(-1, -2), x[..., lo:, :], out=out[..., lo:hi, :])
+        else:  # (L x)[i] = sum over j <= i of L[i, j] x[j]
+            np.matmul(L[..., lo:hi, :hi], x[..., :hi, :], out=out[..., lo:hi, :])
+    return out  # (..., T, n)
+
+
+def _causal_outer(a, b):
+    """``a @ b^T`` (..., T, T) on and below the diagonal blocks only; the blocks wholly
+    above are left unset (for callers that never read them). a, b (..., T, n)."""
+    T = a.shape[-2]
+    out = np.empty(a.shape[:-1] + (T,), dtype=a.dtype)  # (..., T, T)
+    for lo in range(0, T, CAUSAL_BLOCK):
+        hi = min(lo + CAUSAL_BLOCK, T)
+        np.matmul(a[..., lo:hi, :], b[..., :hi, :].swapaxes(-1, -2), out=out[..., lo:hi, :hi])
+    return out
 
 
 # what minisynth.fast.backend swaps in for the reference functions they name
