@@ -481,7 +481,9 @@ class Attention:
             caches.append(c)
         if self.mixture:
             mix, _ = layers.softmax_forward(p["alpha"])  # (H,N)
-            S = sum(mix[:, n, None, None] * S_n for n, S_n in enumerate(logits))  # (B?,H,T,T)
+            S = mix[:, 0, None, None] * logits[0]  # (B?,H,T,T)
+            for n in range(1, len(logits)):
+                S = S + mix[:, n, None, None] * logits[n]  # (B?,H,T,T) sum_n mix[h,n] S_n
         else:
             mix = None
             S = logits[0]  # (B,H,T,T) or (H,T,T)
@@ -509,8 +511,12 @@ class Attention:
         if self.mixture:
             mix = cache.mix_weights  # (H,N)
             # S = sum_n mix[h,n] * S_n
+            # dmix[h,n] = sum over b, i, j of dS[b,h,i,j] S_n[b,h,i,j]
             dmix = np.stack(
-                [(dS * S_n).sum(axis=(-1, -2)).reshape(-1, self.H).sum(0) for S_n in cache.logits],
+                [
+                    np.einsum("...ij,...ij->...", dS, S_n).reshape(-1, self.H).sum(axis=0)
+                    for S_n in cache.logits
+                ],
                 axis=1,
             )  # (H,N)
             # mix = softmax(alpha)
