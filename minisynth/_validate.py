@@ -8,6 +8,9 @@ error three frames deeper.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -63,3 +66,51 @@ def check_positive_int(name, value):
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return int(value)
+
+
+def check_real(name, value, *, low=None, high=None, low_open=False, high_open=False):
+    """Check that ``value`` is a finite real number in the given interval; return a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def check_nonneg_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def check_array_dict(what, arrays):
+    """Check a non-empty mapping of str -> float32/float64 ndarray."""
+    if not isinstance(arrays, Mapping):
+        raise TypeError(
+            f"{what} must be a dict of name -> numpy.ndarray, got {type(arrays).__name__}"
+        )
+    if len(arrays) == 0:
+        raise ValueError(f"{what} is empty")
+    for name, arr in arrays.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{what} keys must be strings, got {name!r}")
+        check_float_array(f"{what}[{name!r}]", arr)
+
+
+def check_same_keys(what, got, expected):
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if extra:
+            parts.append(f"unexpected {extra}")
+        raise ValueError(f"{what} keys do not match the parameters: " + "; ".join(parts))

@@ -14,6 +14,9 @@ Conventions
 * Each backward step quotes, in a comment, the forward line it inverts.
 * All float inputs of one call must share one dtype (float32 for training,
   float64 for gradient checks).
+* Inputs are not checked here: these are inner functions, and the public entry
+  points (:func:`minisynth.attention.build` and its layers, :class:`SynthesizerLM`,
+  :class:`minisynth.optim.AdamW`, the CLI) check what users pass them.
 
 Shape letters (used in the shape comment on every array line, package-wide)
 ---------------------------------------------------------------------------
@@ -32,8 +35,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._validate import check_float_array, check_int_array, check_shape
-
 LAYERNORM_EPS = 1e-5
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
@@ -45,28 +46,9 @@ class LinearCache(NamedTuple):
     W: np.ndarray  # (D, F)
 
 
-def check_linear_inputs(x, W, b):
-    """Checks shared by both linear_forward backends; returns (D, F)."""
-    check_float_array("W", W, ndim=2)
-    check_float_array("x", x, min_ndim=1, dtype=W.dtype)
-    check_float_array("b", b, ndim=1, dtype=W.dtype)
-    D, F = W.shape
-    if x.shape[-1] != D:
-        raise ValueError(f"x has last dimension {x.shape[-1]} but W expects {D} input features")
-    check_shape("b", b, (F,))
-    return D, F
-
-
-def check_linear_backward_inputs(dout, cache):
-    """Checks shared by both linear_backward backends."""
-    x, W = cache
-    check_float_array("dout", dout, dtype=W.dtype)
-    check_shape("dout", dout, x.shape[:-1] + (W.shape[1],))
-
-
 def linear_forward(x, W, b):
     """out = x @ W + b with W shaped (in, out)."""
-    D, F = check_linear_inputs(x, W, b)
+    D, F = W.shape
     # one (N, D) @ (D, F) GEMM: a 3-D @ 2-D matmul would call BLAS once per batch row
     out = (x.reshape(-1, D) @ W).reshape(x.shape[:-1] + (F,))  # (..., F)
     out += b  # in place: out is a fresh array
@@ -75,7 +57,6 @@ def linear_forward(x, W, b):
 
 def linear_backward(dout, cache):
     """Returns (dx, dW, db)."""
-    check_linear_backward_inputs(dout, cache)
     x, W = cache
     # out = x @ W + b
     x2 = x.reshape(-1, W.shape[0])  # (N, D)
@@ -94,8 +75,6 @@ class EmbeddingCache(NamedTuple):
 
 def embedding_forward(idx, W):
     """out[...] = W[idx[...]]: a row lookup. idx (...) ints in [0, V), W (V, C)."""
-    check_float_array("W", W, ndim=2)
-    check_int_array("idx", idx, upper=W.shape[0])
     out = W[idx]  # (..., C)
     return out, EmbeddingCache(idx, W.shape[0])
 
@@ -103,8 +82,6 @@ def embedding_forward(idx, W):
 def embedding_backward(dout, cache):
     """Returns dW (V, C): a scatter-add, so repeated ids accumulate their gradients."""
     idx, V = cache
-    check_float_array("dout", dout)
-    check_shape("dout", dout, idx.shape + (None,))
     C = dout.shape[-1]
     # out = W[idx]
     dW = np.zeros((V, C), dtype=dout.dtype)  # (V, C)
@@ -121,13 +98,6 @@ class LayerNormCache(NamedTuple):
 
 def layernorm_forward(x, g, b, eps=LAYERNORM_EPS):
     """out = (x - mean) / sqrt(var + eps) * g + b over the last axis (biased variance)."""
-    check_float_array("g", g, ndim=1)
-    check_float_array("x", x, min_ndim=1, dtype=g.dtype)
-    check_float_array("b", b, ndim=1, dtype=g.dtype)
-    C = g.shape[0]
-    check_shape("b", b, (C,))
-    if x.shape[-1] != C:
-        raise ValueError(f"x has last dimension {x.shape[-1]} but the gain has length {C}")
     mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
     xc = x - mean  # (..., C)
     var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1)
@@ -140,8 +110,6 @@ def layernorm_forward(x, g, b, eps=LAYERNORM_EPS):
 def layernorm_backward(dout, cache):
     """Returns (dx, dg, db)."""
     xhat, rstd, g = cache
-    check_float_array("dout", dout, dtype=g.dtype)
-    check_shape("dout", dout, xhat.shape)
     C = g.shape[0]
     # out = xhat * g + b
     dg = (dout * xhat).reshape(-1, C).sum(axis=0)  # (C,)
@@ -163,7 +131,6 @@ class GeluCache(NamedTuple):
 
 def gelu_forward(x):
     """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    check_float_array("x", x)
     u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)  # (...) x*x*x: x**3 is a slow generic power
     out = 0.5 * x * (1.0 + np.tanh(u))  # (...)
     return out, GeluCache(x)
@@ -172,8 +139,6 @@ def gelu_forward(x):
 def gelu_backward(dout, cache):
     """Returns dx."""
     (x,) = cache
-    check_float_array("dout", dout, dtype=x.dtype)
-    check_shape("dout", dout, x.shape)
     u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)  # (...) x*x*x: x**3 is a slow generic power
     t = np.tanh(u)  # (...)
     # out = 0.5 x (1 + t),  dt/dx = (1 - t^2) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2)
@@ -189,7 +154,6 @@ class ReluCache(NamedTuple):
 
 def relu_forward(x):
     """out = max(x, 0)."""
-    check_float_array("x", x)
     out = np.maximum(x, 0)  # (...)
     return out, ReluCache(x)
 
@@ -197,8 +161,6 @@ def relu_forward(x):
 def relu_backward(dout, cache):
     """Returns dx (the subgradient at 0 is taken as 0)."""
     (x,) = cache
-    check_float_array("dout", dout, dtype=x.dtype)
-    check_shape("dout", dout, x.shape)
     # out = max(x, 0)
     dx = np.where(x > 0, dout, 0).astype(dout.dtype, copy=False)  # (...)
     return dx
@@ -219,7 +181,6 @@ def softmax_forward(x, causal=False):
 
     For causal=True the last two axes are (rows i, columns j).
     """
-    check_float_array("x", x, min_ndim=2 if causal else 1)
     if causal:
         x = np.where(causal_mask(*x.shape[-2:]), x, -np.inf)  # (..., Tq, Tk)
     z = x - x.max(axis=-1, keepdims=True)  # (..., K) max is finite: column 0 is always visible
@@ -231,8 +192,6 @@ def softmax_forward(x, causal=False):
 def softmax_backward(dout, cache):
     """Returns dx; masked entries get gradient 0."""
     (probs,) = cache
-    check_float_array("dout", dout, dtype=probs.dtype)
-    check_shape("dout", dout, probs.shape)
     # probs = e / sum(e):  dx_j = p_j (dout_j - sum_k p_k dout_k)
     dx = probs * (dout - (dout * probs).sum(axis=-1, keepdims=True))  # (..., K)
     return dx
@@ -285,22 +244,9 @@ class CrossEntropyCache(NamedTuple):
     logits_shape: tuple
 
 
-def check_cross_entropy_inputs(logits, targets):
-    """Checks shared by both cross-entropy backends; returns V."""
-    check_float_array("logits", logits, min_ndim=1)
-    V = logits.shape[-1]
-    check_int_array("targets", targets, upper=V)
-    if targets.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"targets must have shape {logits.shape[:-1]} to match logits {logits.shape}, "
-            f"got {targets.shape}"
-        )
-    return V
-
-
 def cross_entropy_forward(logits, targets):
     """Mean over all positions of -log softmax(logits)[target]. logits (..., V), targets (...)."""
-    V = check_cross_entropy_inputs(logits, targets)
+    V = logits.shape[-1]
     z = logits.reshape(-1, V)  # (N, V)
     z = z - z.max(axis=-1, keepdims=True)  # (N, V)
     logsumexp = np.log(np.exp(z).sum(axis=-1, keepdims=True))  # (N, 1)

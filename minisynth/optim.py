@@ -27,99 +27,39 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from ._validate import check_float_array, check_positive_int
+from ._validate import (
+    check_array_dict,
+    check_nonneg_int,
+    check_positive_int,
+    check_real,
+    check_same_keys,
+)
 
 # Last name component of parameters never decayed by default: embeddings, and attention
 # logits that no input multiplies (mixture weights, Random and factorized-Random R).
 NO_DECAY_NAMES = frozenset({"wte", "wpe", "alpha", "R", "R1", "R2"})
 
 
-# ----------------------------------------------------------------------------- checks
-def _check_real(name, value, *, low=None, high=None, low_open=False, high_open=False):
-    """Check that ``value`` is a finite real number in the given interval; return a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value >= high if high_open else value > high):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
-    return value
-
-
-def _check_nonneg_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
-
-
 def _check_hparams(lr, beta1, beta2, eps, weight_decay):
-    lr = _check_real("lr", lr, low=0.0)
-    beta1 = _check_real("beta1", beta1, low=0.0, high=1.0, high_open=True)
-    beta2 = _check_real("beta2", beta2, low=0.0, high=1.0, high_open=True)
-    eps = _check_real("eps", eps, low=0.0)
-    weight_decay = _check_real("weight_decay", weight_decay, low=0.0)
+    lr = check_real("lr", lr, low=0.0)
+    beta1 = check_real("beta1", beta1, low=0.0, high=1.0, high_open=True)
+    beta2 = check_real("beta2", beta2, low=0.0, high=1.0, high_open=True)
+    eps = check_real("eps", eps, low=0.0)
+    weight_decay = check_real("weight_decay", weight_decay, low=0.0)
     return lr, beta1, beta2, eps, weight_decay
 
 
-def _check_array_dict(what, arrays):
-    """Check a non-empty mapping of str -> float32/float64 ndarray."""
-    if not isinstance(arrays, Mapping):
-        raise TypeError(
-            f"{what} must be a dict of name -> numpy.ndarray, got {type(arrays).__name__}"
-        )
-    if len(arrays) == 0:
-        raise ValueError(f"{what} is empty")
-    for name, arr in arrays.items():
-        if not isinstance(name, str):
-            raise TypeError(f"{what} keys must be strings, got {name!r}")
-        check_float_array(f"{what}[{name!r}]", arr)
-
-
-def _check_same_keys(what, got, expected):
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing}")
-        if extra:
-            parts.append(f"unexpected {extra}")
-        raise ValueError(f"{what} keys do not match the parameters: " + "; ".join(parts))
-
-
 # ----------------------------------------------------------------- per-array update
-def check_adamw_inputs(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
-    """The checks of :func:`adamw_update` (and its Numba twin); returns the checked scalars."""
-    check_float_array("p", p)
-    for name, arr in (("g", g), ("m", m), ("v", v)):
-        check_float_array(name, arr, dtype=p.dtype)
-        if arr.shape != p.shape:
-            raise ValueError(f"{name} has shape {arr.shape} but p has shape {p.shape}")
-    for name, arr in (("p", p), ("m", m), ("v", v)):
-        if not arr.flags.writeable:
-            raise ValueError(f"{name} is read-only but is updated in place")
-    lr, beta1, beta2, eps, weight_decay = _check_hparams(lr, beta1, beta2, eps, weight_decay)
-    return lr, beta1, beta2, eps, weight_decay, check_positive_int("t", t)
-
-
 def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     """One AdamW step for one array: updates ``p``, ``m`` and ``v`` in place; returns None.
 
-    ``p``, ``g``, ``m``, ``v`` must be arrays of one shape and one float dtype
-    (float32 or float64); ``g`` is only read. ``t`` is the 1-based step number
+    ``p``, ``g``, ``m``, ``v`` are arrays of one shape and one float dtype
+    (float32 or float64), checked by :class:`AdamW`; ``g`` is only read.
+    ``t`` is the 1-based step number
     (after incrementing), used for bias correction. ``weight_decay`` is the
     decoupled decay coefficient (pass 0.0 for arrays that are not decayed).
     Arithmetic stays in the arrays' dtype. See the module docstring for the formula.
     """
-    lr, beta1, beta2, eps, weight_decay, t = check_adamw_inputs(
-        p, g, m, v, lr, beta1, beta2, eps, weight_decay, t
-    )
-
     bias1 = 1.0 - beta1**t  # Python floats: NumPy keeps float32 arrays float32 (NEP 50)
     bias2_sqrt = math.sqrt(1.0 - beta2**t)
     step_size = lr / bias1
@@ -188,7 +128,7 @@ class AdamW:
         weight_decay=0.1,
         decay_filter: Callable[[str, np.ndarray], bool] | None = None,
     ):
-        _check_array_dict("params", params)
+        check_array_dict("params", params)
         for name, p in params.items():
             if not p.flags.writeable:
                 raise ValueError(f"params[{name!r}] is read-only but is updated in place")
@@ -211,8 +151,8 @@ class AdamW:
         self.t = 0
 
     def _check_grads(self, grads):
-        _check_array_dict("grads", grads)
-        _check_same_keys("grads", grads, self.params)
+        check_array_dict("grads", grads)
+        check_same_keys("grads", grads, self.params)
         for name, p in self.params.items():
             g = grads[name]
             if g.dtype != p.dtype:
@@ -232,7 +172,7 @@ class AdamW:
         rejected call leaves parameters and state untouched.
         """
         self._check_grads(grads)
-        lr = self.lr if lr is None else _check_real("lr", lr, low=0.0)
+        lr = self.lr if lr is None else check_real("lr", lr, low=0.0)
         self.t += 1
         for name, p in self.params.items():
             wd = self.weight_decay if self.decay[name] else 0.0
@@ -263,7 +203,7 @@ class AdamW:
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
         expected = ["t"] + [f"{k}.{name}" for name in self.params for k in ("m", "v")]
-        _check_same_keys("optimizer state", list(state.keys()), expected)
+        check_same_keys("optimizer state", list(state.keys()), expected)
         t = np.asarray(state["t"])
         if t.shape != () or not np.issubdtype(t.dtype, np.integer) or int(t) < 0:
             raise ValueError(f"state['t'] must be a non-negative integer scalar, got {t!r}")
@@ -296,8 +236,8 @@ def clip_grad_norm(grads, max_norm):
     gradients) nothing is scaled and the non-finite norm is returned, so the
     caller can detect it and skip the step.
     """
-    _check_array_dict("grads", grads)
-    max_norm = _check_real("max_norm", max_norm, low=0.0, low_open=True)
+    check_array_dict("grads", grads)
+    max_norm = check_real("max_norm", max_norm, low=0.0, low_open=True)
     sq = 0.0
     for g in grads.values():
         sq += float(np.sum(np.square(g, dtype=np.float64)))  # float64 accumulation
@@ -327,12 +267,12 @@ def lr_schedule(step, *, max_lr, warmup_steps, total_steps, min_lr=0.0):
     ``warmup_steps=0`` means no warmup (the cosine starts at ``max_lr`` at step 0).
     Requires ``0 <= min_lr <= max_lr``, ``max_lr > 0`` and ``0 <= warmup_steps <= total_steps``.
     """
-    step = _check_nonneg_int("step", step)
-    max_lr = _check_real("max_lr", max_lr, low=0.0, low_open=True)
-    min_lr = _check_real("min_lr", min_lr, low=0.0)
+    step = check_nonneg_int("step", step)
+    max_lr = check_real("max_lr", max_lr, low=0.0, low_open=True)
+    min_lr = check_real("min_lr", min_lr, low=0.0)
     if min_lr > max_lr:
         raise ValueError(f"min_lr ({min_lr}) must not exceed max_lr ({max_lr})")
-    warmup_steps = _check_nonneg_int("warmup_steps", warmup_steps)
+    warmup_steps = check_nonneg_int("warmup_steps", warmup_steps)
     total_steps = check_positive_int("total_steps", total_steps)
     if warmup_steps > total_steps:
         raise ValueError(

@@ -17,7 +17,6 @@ as plain Python), which checks the kernel logic independently of compilation.
 
 import inspect
 import os
-import re
 import subprocess
 import sys
 
@@ -326,60 +325,6 @@ def test_adamw_matches_twin(dtype, shape, seed, steps, weight_decay, contiguous)
         )  # fmt: skip
     for name, a, d, tr in zip("pmv", state_k, state_r, state_t, strict=True):
         assert_parity(a, d, tr, what=name)
-
-
-# ------------------------------------------------------------ input validation
-def _bad_calls():
-    """(op name, factory of bad arguments): each kernel must raise exactly as its twin."""
-    f32, f64 = np.float32, np.float64
-    x = np.ones((2, 3))  # (N, C)
-    ln_cache = layers.layernorm_forward(x, np.ones(3), np.zeros(3))[1]
-    ce_cache = layers.cross_entropy_forward(np.zeros((2, 4)), np.array([0, 3]))[1]
-    emb_cache = layers.embedding_forward(np.array([0, 1]), np.ones((4, 3)))[1]
-
-    def adamw(**change):
-        args = dict(
-            p=np.ones(3), g=np.ones(3), m=np.zeros(3), v=np.zeros(3),
-            lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.0, t=1,
-        )  # fmt: skip
-        args.update(change)
-        return (), args
-
-    read_only = np.ones(3)
-    read_only.flags.writeable = False
-    return [
-        ("layernorm_forward", lambda: ((x.astype(f32), np.ones(3), np.zeros(3)), {})),
-        ("layernorm_forward", lambda: ((x, np.ones(4), np.zeros(4)), {})),
-        ("layernorm_forward", lambda: ((x, np.ones(3), np.zeros(2)), {})),
-        ("layernorm_forward", lambda: ((x.tolist(), np.ones(3), np.zeros(3)), {})),
-        ("layernorm_backward", lambda: ((np.ones((3, 3)), ln_cache), {})),
-        ("layernorm_backward", lambda: ((np.ones((2, 3), f32), ln_cache), {})),
-        ("gelu_forward", lambda: ((np.ones(3, dtype=int),), {})),
-        ("gelu_backward", lambda: ((np.ones(4), layers.GeluCache(np.ones(3))), {})),
-        ("cross_entropy_forward", lambda: ((np.zeros((2, 4)), np.array([0, 4])), {})),
-        ("cross_entropy_forward", lambda: ((np.zeros((2, 4)), np.array([0, 1, 2])), {})),
-        ("cross_entropy_forward", lambda: ((np.zeros((2, 4)), np.array([0.0, 1.0])), {})),
-        ("cross_entropy_backward", lambda: (("one", ce_cache), {})),
-        ("embedding_backward", lambda: ((np.ones((3, 3)), emb_cache), {})),
-        ("embedding_backward", lambda: ((np.ones((2, 3), dtype=int), emb_cache), {})),
-        ("adamw_update", lambda: adamw(g=np.ones(4))),
-        ("adamw_update", lambda: adamw(m=np.zeros(3, dtype=f32))),
-        ("adamw_update", lambda: adamw(lr=-1.0)),
-        ("adamw_update", lambda: adamw(beta1=1.0)),
-        ("adamw_update", lambda: adamw(t=0)),
-        ("adamw_update", lambda: adamw(p=read_only)),
-        ("adamw_update", lambda: adamw(p=np.ones(3, dtype=f64), g=[1.0, 1.0, 1.0])),
-    ]
-
-
-@pytest.mark.parametrize(("name", "make_args"), _bad_calls())
-def test_kernels_reject_bad_input_like_their_twins(name, make_args):
-    args, kwargs = make_args()
-    with pytest.raises((TypeError, ValueError)) as twin_error:
-        TWINS[name](*args, **kwargs)
-    args, kwargs = make_args()
-    with pytest.raises(type(twin_error.value), match=re.escape(str(twin_error.value))):
-        getattr(kernels, name)(*args, **kwargs)
 
 
 @pytest.mark.parametrize("name", TWIN_NAMES)

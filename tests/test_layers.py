@@ -195,36 +195,6 @@ def test_linear_known_value():
     np.testing.assert_array_equal(out, [[4.0, 5.0]])
 
 
-# --------------------------------------------------------------------------- bad input
-def test_linear_rejects_wrong_width_and_dtype():
-    W, b = np.zeros((3, 2)), np.zeros(2)
-    with pytest.raises(ValueError, match="input features"):
-        layers.linear_forward(np.zeros((4, 5)), W, b)
-    with pytest.raises(TypeError, match="dtype"):
-        layers.linear_forward(np.zeros((4, 3), dtype=np.float32), W, b)
-    with pytest.raises(TypeError, match="ndarray"):
-        layers.linear_forward([[1.0, 2.0, 3.0]], W, b)
-
-
-def test_embedding_rejects_out_of_range_and_float_ids():
-    W = np.zeros((4, 2))
-    with pytest.raises(ValueError, match=r"\[0, 4\)"):
-        layers.embedding_forward(np.array([[4]]), W)
-    with pytest.raises(TypeError, match="integer"):
-        layers.embedding_forward(np.array([[1.0]]), W)
-
-
-def test_cross_entropy_rejects_mismatched_targets():
-    with pytest.raises(ValueError, match="targets must have shape"):
-        layers.cross_entropy_forward(np.zeros((2, 3, 4)), np.zeros((2, 4), dtype=np.int64))
-
-
-def test_backward_rejects_wrong_dout_shape():
-    _, cache = layers.gelu_forward(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="dout"):
-        layers.gelu_backward(np.zeros((3, 2)), cache)
-
-
 @given(st.integers(1, 3), st.integers(1, 5), st.integers(2, 9), st.booleans(), seeds)
 def test_softmax_and_cross_entropy_match_scipy(B, T, V, causal, seed):
     """scipy.special as an independent oracle for the two reductions every step relies on."""
