@@ -19,10 +19,8 @@
 #    (plus a float64 gradient check of the library's backward);
 # 4. the **fastmath** flags: why `nnan` and `ninf` are left out;
 # 5. **prange**: why a parallel loop may only run over what one iteration writes;
-# 6. **measure**: every kernel against its twin, and a whole training step on
-#    each backend;
-# 7. a surprise: how much of the difference is the **memory allocator**;
-# 8. a table and a chart of all the timings.
+# 6. **measure** our kernel against the library's and the reference, and where
+#    the measurement harness for the rest lives (`benchmarks/`).
 #
 # Run as a script or as a notebook (jupytext). `MINISYNTH_TUTORIAL_TINY=1`
 # shrinks the sizes and repeats (the timings are then meaningless, only the
@@ -39,12 +37,11 @@ from pathlib import Path
 
 import numba
 import numpy as np
-from matplotlib.figure import Figure
 
 import minisynth
 from minisynth import ModelConfig, SynthesizerLM, get_backend, layers, use_backend
 from minisynth.data import get_batch, load_data
-from minisynth.fast import allocator, kernels
+from minisynth.fast import kernels
 from minisynth.gradcheck import numerical_gradient_array, rel_error
 
 TINY = os.environ.get("MINISYNTH_TUTORIAL_TINY", "0") not in ("", "0")
@@ -620,223 +617,51 @@ assert wrong_blocks == 0
 # forward and backward on its shard, with OpenBLAS single-threaded, so no
 # thread pool spins against another. Measure before you parallelise.
 #
-# ## 6. Measure the speed-up
+# ## 6. Measure
 #
-# First each kernel against its twin on float32 inputs shaped like those of a
-# training step of our model (rows N = B T, width C, hidden 4C, V = 256
-# logits, attention maps (B, H, T, T) with hs = C / H), median of `REPEAT`
-# runs. Our own fused forward from section 2 is timed too.
+# Our fused forward from section 2 against the reference and the library's
+# kernel, on float32 inputs shaped like a training step of our model (attention
+# maps (B, H, T, T), hs = C / H), median of `REPEAT` runs. (Tiny arrays mostly
+# measure Python overhead.)
 
 # %%
 Bt, Ht, Tt, Ct = BATCH, config.n_heads, config.max_len, config.d_model
-timing_cases = dict(op_cases(np.float32, Bt, Ht, Tt, Ct // Ht, Ct))
-St, vt, _ = timing_cases["attention_core_forward"]  # for our own fused forward below
-op_ms = {}
-for name, args in timing_cases.items():
-    op_ms[name] = (
-        median_ms(lambda name=name, args=args: getattr(layers, name)(*args)),
-        median_ms(lambda name=name, args=args: getattr(kernels, name)(*args)),
-    )
-op_ms["attention_core_forward (ours)"] = (
-    op_ms["attention_core_forward"][0],
-    median_ms(lambda: my_attention_core_forward(St, vt, True)),
-)
-for name, (t_np, t_nb) in op_ms.items():
-    print(f"{name:32s} numpy {t_np:8.3f} ms  numba {t_nb:8.3f} ms  speed-up {t_np / t_nb:5.1f}x")
+St, vt, _ = dict(op_cases(np.float32, Bt, Ht, Tt, Ct // Ht, Ct))["attention_core_forward"]
+core_ms = {
+    "reference (layers)": median_ms(lambda: layers.attention_core_forward(St, vt, True)),
+    "library kernel": median_ms(lambda: kernels.attention_core_forward(St, vt, True)),
+    "ours (section 2)": median_ms(lambda: my_attention_core_forward(St, vt, True)),
+}
+for name, ms in core_ms.items():
+    print(f"attention_core_forward, {name:20s} {ms:8.3f} ms")
+fastest = min(core_ms, key=core_ms.get)
+print(f"fastest here: {fastest}")
 
 # %% [markdown]
-# How to read these numbers (at the full size; tiny arrays mostly measure
-# Python overhead):
+# Look at which one is fastest: at the full size, our fully fused forward is
+# usually *not* it. The reason is `exp`: Numba (without Intel's SVML library)
+# calls the C library's scalar `exp` once per element, while NumPy's `np.exp` is
+# a SIMD loop, several times faster per element. And our fused loop computes
+# `P @ v` with an innermost loop over only hs numbers, while BLAS runs the
+# product on the full square far faster. So the library's exp-heavy kernels
+# (attention core, GELU, cross-entropy) are split in three: a jitted pass writes
+# the shifted logits into a fresh buffer, `np.exp(buf, out=buf)` exponentiates
+# it in place, and a second jitted pass finishes the job (for attention: divides
+# by the row sums); the products stay on BLAS. The module docstring of
+# `minisynth.fast.kernels` tells the story. "Compiled" does not mean "faster":
+# measure each step.
 #
-# * **embedding_backward** usually gains the most: the twin's `np.add.at` is a
-#   slow, generic scatter-add, the kernel a plain loop over rows.
-# * **layer norm**: the twin makes about seven passes over the whole array
-#   (mean, centre, square, mean, scale, gain, bias), each with a temporary;
-#   the kernel works row by row while the row sits in the cache. Several
-#   times faster.
-# * **GELU** and **cross-entropy** gain less: their cost is the transcendental
-#   function (`tanh`, `exp`), and both paths leave it to NumPy's SIMD loops
-#   (the GELU kernel writes `tanh` in terms of `np.exp`, see below).
-# * the **attention core**: the library's kernels jit only the softmax passes
-#   and leave `P @ v`, `do @ v^T` and `P^T @ do` to BLAS. A fused loop like
-#   ours runs its innermost loop over only hs numbers; the library's first
-#   version did that and its matrix products ran at about 3.5 GFLOP/s, a tenth
-#   of BLAS on the full square, masked half included. Fusion saves memory
-#   traffic, which does not pay against BLAS at these shapes.
-# * **our fused forward** is correct but typically slower than the library's.
-#   The reason is `exp`: Numba (without Intel's SVML library) calls the C
-#   library's scalar `exp` once per element, while NumPy's `np.exp` is a SIMD
-#   loop, several times faster per element. So the library's exp-heavy kernels
-#   (attention core, GELU, cross-entropy) are split in three: a jitted pass
-#   writes the shifted logits into a fresh buffer, `np.exp(buf, out=buf)`
-#   exponentiates it in place, and a second jitted pass finishes the job
-#   (for attention: divides by the row sums). The module docstring of
-#   `minisynth.fast.kernels` tells the story.
+# The measurement harness lives in `benchmarks/`, not here:
 #
-# "Compiled" does not mean "faster": measure each step.
+# * `python benchmarks/bench_kernels.py`: every kernel against its reference at
+#   training size (speed-up, first-call compile time, largest difference);
+# * `python benchmarks/bench_train.py`: a whole training step on the reference,
+#   on the fast path and in PyTorch, side by side; `--malloc default` shows how
+#   much of the difference is glibc's allocator (the fast path's
+#   `minisynth.fast.allocator` keeps freed memory for reuse instead of
+#   page-faulting it back in every step); results in `BENCHMARKS.md`.
 #
-# Now a whole training step, `model.loss_and_grads(x, y)`, on each backend
-# with `use_backend`: at the size profiled above, and at a larger one (width
-# and context 128). Matrix products are the same BLAS calls on both
-# backends, so they dilute the kernels' gain as the model grows.
-
-# %%
-if TINY:
-    step_configs = {
-        "d16, T16, B4": ModelConfig(
-            attention="dense", d_model=16, n_heads=2, n_layers=1, max_len=16
-        ),
-        "d32, T32, B4": ModelConfig(
-            attention="dense", d_model=32, n_heads=2, n_layers=1, max_len=32
-        ),
-    }
-    STEP_BATCH = 4
-else:
-    step_configs = {
-        "d64, T64, B16": config,
-        "d128, T128, B16": ModelConfig(
-            attention="dense", d_model=128, n_heads=4, n_layers=2, max_len=128
-        ),
-    }
-    STEP_BATCH = 16
-step_inputs = {}
-for label, cfg in step_configs.items():
-    xs, ys = get_batch(splits["train"], STEP_BATCH, cfg.max_len, rng)
-    step_inputs[label] = (SynthesizerLM(cfg, seed=0), xs, ys)
-
-
-def time_steps():
-    """{config label: {backend: median ms of model.loss_and_grads}} for every step config."""
-    result = {}
-    for label, (m, xs, ys) in step_inputs.items():
-        result[label] = {}
-        for name in ("numpy", "numba"):
-            with use_backend(name) as active:  # "numpy" if Numba were unusable
-                result[label][active] = median_ms(
-                    lambda m=m, xs=xs, ys=ys: m.loss_and_grads(xs, ys)
-                )
-    return result
-
-
-step_ms_default = time_steps()
-for label, times in step_ms_default.items():
-    print(f"{label}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in times.items()))
-
-# %% [markdown]
-# ## 7. A surprise: the memory allocator
-#
-# Every NumPy operation returns a **new** array, and `gelu_backward` alone
-# creates about ten temporaries of shape (B, T, 4C), 1 MiB each at our size.
-# On Linux, glibc's `malloc` hands out blocks above a threshold (128 KiB at
-# start, adjusted as the program runs) as fresh pages from the operating
-# system, and gives freed memory back. Fresh pages must be mapped and zeroed
-# by the kernel on first touch, which can cost more than the arithmetic
-# itself. That is why NumPy timings of the same call often jump between two
-# levels from one run to the next, and why the profile of section 1 showed
-# elementwise functions so high.
-#
-# glibc lets a program serve every block from the heap and keep freed memory
-# for reuse (`mallopt`, or the environment variables `MALLOC_MMAP_MAX_` and
-# `MALLOC_TRIM_THRESHOLD_` set before Python starts).
-# `minisynth.fast.allocator.reuse_freed_memory()` makes the two `mallopt` calls
-# through `ctypes` (the `minisynth` command does the same at start-up); we call
-# it and time the same steps again. **This changes the allocator of this Python
-# process for good** (restart the kernel to undo it), which is why it comes
-# last. On other C libraries (macOS, Windows, musl) it returns False and the
-# cell only says so.
-
-# %%
-# mallopt(M_MMAP_MAX, 0): no block gets its own mmap, even the large ones;
-# mallopt(M_TRIM_THRESHOLD, 1 GiB): keep up to 1 GiB of freed heap for reuse
-print(
-    f"mmap'd blocks at most {allocator.MMAP_MAX_BLOCKS}, "
-    f"trim threshold {allocator.TRIM_THRESHOLD_BYTES / 2**30:.0f} GiB"
-)
-if allocator.reuse_freed_memory():
-    step_ms_tuned = time_steps()
-else:
-    step_ms_tuned = {}
-    print("not glibc (or MINISYNTH_MALLOC=default): the allocator experiment is skipped")
-for label, times in step_ms_tuned.items():
-    before = step_ms_default[label]
-    print(f"{label}: " + ", ".join(f"{k} {before[k]:.2f} -> {v:.2f} ms" for k, v in times.items()))
-
-# %% [markdown]
-# At the full size both steps usually get faster, in our runs by a third to
-# a half, and the ratio between the backends moves too. The two lessons: a kernel's speed-up over
-# its twin in isolation (section 6) is not the speed-up of a program; and a
-# benchmark measures its whole environment, the allocator included. Another
-# part of that environment is BLAS: OpenBLAS runs matrix products on as many
-# threads as there are cores, and on a machine busy with other work those
-# threads wait for each other, so timings become erratic (starting Python with
-# `OPENBLAS_NUM_THREADS=1` makes them steadier). The tiny sizes of
-# `MINISYNTH_TUTORIAL_TINY=1` stay under the allocator's threshold and show no
-# effect.
-#
-# ## 8. Table and chart
-#
-# Everything measured above goes into a Markdown table and a CSV, and into a
-# bar chart: left, each operation on both backends (log scale: they differ by
-# orders of magnitude); right, the whole training step, with the default and
-# the tuned allocator.
-
-# %%
-table = ["| measurement | numpy (ms) | numba (ms) | speed-up |", "|---|---:|---:|---:|"]
-csv = ["measurement,numpy_ms,numba_ms,speedup"]
-measurements = dict(op_ms)
-for what, results in (("", step_ms_default), (", allocator tuned", step_ms_tuned)):
-    for label, times in results.items():
-        measurements[f"training step, {label}{what}"] = (
-            times["numpy"],
-            times.get("numba", np.nan),
-        )
-for name, (t_np, t_nb) in measurements.items():
-    table.append(f"| {name} | {t_np:.3f} | {t_nb:.3f} | {t_np / t_nb:.2f}x |")
-    csv.append(f"{name},{t_np:.4f},{t_nb:.4f},{t_np / t_nb:.3f}")
-header = (
-    f"Median of {REPEAT} runs, float32, backend numpy vs numba. Operations on random "
-    f"inputs shaped like a training step of the d_model {Ct} model (B {Bt}, T {Tt}, "
-    f"H {Ht}); training steps: model.loss_and_grads.\n\n"
-)
-(OUT / "06_speedup.md").write_text(header + "\n".join(table) + "\n", encoding="utf-8")
-(OUT / "06_speedup.csv").write_text("\n".join(csv) + "\n", encoding="utf-8")
-print("\n".join(table))
-
-fig = Figure(figsize=(15, 5.5), layout="constrained")
-ax1, ax2 = fig.subplots(1, 2, width_ratios=[1.6, 1])
-names = list(op_ms)
-ypos = np.arange(len(names))
-ax1.barh(ypos - 0.2, [op_ms[n][0] for n in names], 0.4, label="numpy (twin)", color="tab:blue")
-ax1.barh(ypos + 0.2, [op_ms[n][1] for n in names], 0.4, label="numba (kernel)", color="tab:orange")
-for i, n in enumerate(names):
-    ax1.text(max(op_ms[n]) * 1.15, i, f"{op_ms[n][0] / op_ms[n][1]:.1f}x", va="center", fontsize=9)
-ax1.set_yticks(ypos, names, fontsize=9)
-ax1.invert_yaxis()
-ax1.set_xscale("log")
-ax1.set_xlim(right=max(max(v) for v in op_ms.values()) * 5)  # room for the speed-up labels
-ax1.set(
-    xlabel="median time per call (ms, log scale)",
-    title=f"each operation, float32, B {Bt}, T {Tt}, C {Ct} (label: speed-up)",
-)
-ax1.legend(loc="upper right")
-
-groups = [(label, "default allocator", t) for label, t in step_ms_default.items()]
-groups += [(label, "allocator tuned", t) for label, t in step_ms_tuned.items()]
-groups.sort(key=lambda g: list(step_ms_default).index(g[0]))  # each config's bars together
-xpos = np.arange(len(groups))
-np_times = np.array([t["numpy"] for _, _, t in groups])
-nb_times = np.array([t.get("numba", np.nan) for _, _, t in groups])
-ax2.bar(xpos - 0.2, np_times, 0.4, label="numpy", color="tab:blue")
-ax2.bar(xpos + 0.2, nb_times, 0.4, label="numba", color="tab:orange")
-for i in range(len(groups)):
-    top = np.nanmax([np_times[i], nb_times[i]])
-    ax2.text(i, top * 1.02, f"{np_times[i] / nb_times[i]:.2f}x", ha="center", fontsize=9)
-ax2.set_xticks(xpos, [f"{label}\n{how}" for label, how, _ in groups], fontsize=8)
-ax2.set_ylim(0, np.nanmax(np.concatenate([np_times, nb_times])) * 1.12)
-ax2.set(ylabel="median time per step (ms)", title="a whole training step (label: speed-up)")
-ax2.legend(loc="upper left")
-fig.suptitle("NumPy twins vs Numba kernels (timings vary with the machine and its load)")
-path = OUT / "06_speedup.png"
-fig.savefig(path, dpi=100)
-print("saved", path)
-fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+# A kernel's speed-up in isolation is not the speed-up of a program: a training
+# step is mostly matrix products, the same BLAS calls on both paths, and a
+# benchmark measures its whole environment, the allocator and BLAS's threads
+# included.
