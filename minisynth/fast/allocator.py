@@ -4,10 +4,8 @@ A training step allocates and frees the same large temporaries every step
 (activations, attention maps of B x H x T x T floats). With glibc's default
 settings, freed blocks above its dynamic mmap threshold go back to the
 operating system, and so does the free memory at the top of the heap beyond
-128 kB, so the next step page-faults on fresh, zero-filled pages. Measured on
-the default ``minisynth train`` model (single thread): the random kind's step
-drops from 165 ms to 140 ms, of which 26 ms were system time, and dense from
-187 ms to 172 ms.
+128 kB, so the next step page-faults on fresh, zero-filled pages (what that
+costs: ``benchmarks/bench_train.py --malloc default``, and BENCHMARKS.md).
 
 :func:`reuse_freed_memory` makes two ``mallopt`` calls:
 
@@ -15,8 +13,7 @@ drops from 165 ms to 140 ms, of which 26 ms were system time, and dense from
   however large, comes from the heap and goes back to it when freed. Raising
   the mmap threshold instead is not enough: glibc caps it at 32 MiB, and one
   attention map of the benchmark model (16 x 8 x 256 x 256 float32) is
-  33.5 MB. With the cap, that model's dense step page-faulted 59 ms of system
-  time per step; with ``M_MMAP_MAX = 0``, none.
+  33.5 MB, so with the cap every map would still be page-faulted anew.
 * ``M_TRIM_THRESHOLD = 1 GiB``: freed memory at the top of the heap is kept
   for reuse instead of being trimmed.
 
