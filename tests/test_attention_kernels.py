@@ -73,10 +73,11 @@ def test_causal_blocks_above_the_diagonal_are_never_read(shared):
     i, j = np.indices((T, T))
     poisoned = np.array(probs)  # (B,H,T,T) a writable copy
     poisoned[..., j >= (i // 2 + 1) * 2] = np.nan  # the skipped blocks
+    if shared:  # one map for the whole batch, as the forward returns it
+        poisoned = np.broadcast_to(poisoned[0], probs.shape)
     with two_shards():
-        dS, dv = kernels.attention_core_backward(do, poisoned, v, False, True)
+        dS, dv = kernels.attention_core_backward(do, poisoned, v, shared, True)
         o, _ = kernels.attention_core_forward(S, v, True)
-    if not shared:
-        np.testing.assert_allclose(dS, dS_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dS, dS_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dv, dv_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(o, o_ref, rtol=1e-12, atol=1e-12)

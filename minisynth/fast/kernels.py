@@ -608,9 +608,19 @@ def _softmax_backward_rows(probs, dS, causal):
 def attention_core_backward(do, probs, v, shared, causal=False):
     """Twin of :func:`minisynth.layers.attention_core_backward` (BLAS dP, dv; jitted softmax)."""
     B, H, T, hs = v.shape
-    if shared:  # dP summed over the batch by one BLAS matmul per head: nothing to fuse
-        return attention_core_backward.reference(do, probs, v, shared, causal)
     causal = bool(causal)
+    if shared:  # one (H,T,T) map: dP summed over the batch, one product per head
+        probs_h = np.ascontiguousarray(probs[0])  # (H,T,T)
+        do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+        v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+        if causal:
+            dS = _causal_outer(do_h, v_h)  # (H,T,T) dP for now, made dS in place
+            dv = _causal_product(probs_h, do, transpose=True)  # (B,H,T,hs)
+        else:
+            dS = do_h @ v_h.swapaxes(-1, -2)  # (H,T,T)
+            dv = probs_h.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+        _softmax_backward_rows(probs_h[None], dS[None], causal)
+        return dS, dv
     # o = P @ v
     if causal:  # P is zero above the diagonal: leave those blocks out
         dS = _causal_outer(do, v)  # (B,H,T,T) dP for now: fresh, made dS in place
