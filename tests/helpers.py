@@ -6,7 +6,7 @@ from unittest import mock
 import numpy as np
 from hypothesis import strategies as st
 
-from minisynth.fast import kernels, threads
+from minisynth.fast import causal, kernels, threads
 from minisynth.gradcheck import DEFAULT_STEP, numerical_gradient_array, rel_error
 
 # command-line sizes of a model that trains in a fraction of a second
@@ -100,7 +100,7 @@ def two_shards():
     try:
         with (
             mock.patch.object(kernels, "CACHE_BYTES", 1),
-            mock.patch.object(kernels, "CAUSAL_BLOCK", 2),
+            mock.patch.object(causal, "CAUSAL_BLOCK", 2),
             mock.patch.object(threads, "_workers", lambda n: splits.append(n) or real_workers(n)),
         ):
             yield splits

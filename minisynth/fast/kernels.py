@@ -61,6 +61,7 @@ from ..layers import (
     LayerNormCache,
 )
 from . import backend
+from .causal import CausalGrad, causal_outer, causal_product
 
 __all__ = [
     "layernorm_forward",
@@ -566,7 +567,7 @@ def attention_core_forward(S, v, causal):
     causal = bool(causal)
     if shared:  # one (H,T,T) softmax, then the products: nothing per batch to fuse
         probs_h, _ = layers.softmax_forward(S, causal=causal)  # (H,T,T)
-        o = _causal_product(probs_h, v) if causal else probs_h @ v  # (B,H,T,hs)
+        o = causal_product(probs_h, v) if causal else probs_h @ v  # (B,H,T,hs)
         return o, np.broadcast_to(probs_h, (B, H, T, T))
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     S_maps = np.ascontiguousarray(S).reshape(B * H, 1, T, T)  # (B*H,1,T,T) one map per row
@@ -580,7 +581,7 @@ def attention_core_forward(S, v, causal):
         _attention_shift_rows(S_maps[a : a + z.shape[0]], causal, z)
         np.exp(z, out=z)
         _attention_normalise_rows(causal, z)
-    o = _causal_product(probs, v) if causal else probs @ v  # (B,H,T,hs)
+    o = causal_product(probs, v) if causal else probs @ v  # (B,H,T,hs)
     return o, probs
 
 
@@ -593,7 +594,7 @@ def _softmax_backward_rows(probs, dS, causal):
         for i in range(T):
             # P = softmax(S):  dS[i,j] = P[i,j] (dP[i,j] - sum_k P[i,k] dP[i,k]); dS holds dP.
             # Causal: P = 0 for j > i, so dS = 0 there, and dP there is never read (it
-            # may be unset: _causal_outer leaves out the blocks above the diagonal).
+            # may be unset: causal_outer leaves out the blocks above the diagonal).
             end = i + 1 if causal else T
             dot = 0.0
             for j in range(end):
@@ -614,53 +615,23 @@ def attention_core_backward(do, probs, v, shared, causal=False):
         do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
         v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
         if causal:
-            dS = _causal_outer(do_h, v_h)  # (H,T,T) dP for now, made dS in place
-            dv = _causal_product(probs_h, do, transpose=True)  # (B,H,T,hs)
+            dS = causal_outer(do_h, v_h)  # (H,T,T) dP for now, made dS in place
+            dv = causal_product(probs_h, do, transpose=True)  # (B,H,T,hs)
         else:
             dS = do_h @ v_h.swapaxes(-1, -2)  # (H,T,T)
             dv = probs_h.swapaxes(-1, -2) @ do  # (B,H,T,hs)
         _softmax_backward_rows(probs_h[None], dS[None], causal)
-        return dS, dv
+        return (dS.view(CausalGrad) if causal else dS), dv
     # o = P @ v
     if causal:  # P is zero above the diagonal: leave those blocks out
-        dS = _causal_outer(do, v)  # (B,H,T,T) dP for now: fresh, made dS in place
-        dv = _causal_product(probs, do, transpose=True)  # (B,H,T,hs)
+        dS = causal_outer(do, v)  # (B,H,T,T) dP for now: fresh, made dS in place
+        dv = causal_product(probs, do, transpose=True)  # (B,H,T,hs)
     else:
         dS = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
         dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
     _softmax_backward_rows(np.ascontiguousarray(probs), dS, causal)
-    return dS, dv
-
-
-# Causal products in blocks of CAUSAL_BLOCK rows that leave out the blocks wholly above
-# the diagonal (about half the work at T = 256); smaller blocks skip more but give BLAS
-# smaller products.
-CAUSAL_BLOCK = 64
-
-
-def _causal_product(L, x, transpose=False):
-    """``L @ x`` (``L^T @ x`` if ``transpose``) for L (..., T, T) zero above its diagonal;
-    x (..., T, n), leading dimensions broadcast. Blocks above the diagonal are never read."""
-    T, n = L.shape[-1], x.shape[-1]
-    out = np.empty(np.broadcast_shapes(L.shape[:-2], x.shape[:-2]) + (T, n), dtype=x.dtype)
-    for lo in range(0, T, CAUSAL_BLOCK):
-        hi = min(lo + CAUSAL_BLOCK, T)
-        if transpose:  # (L^T x)[j] = sum over i >= j of L[i, j] x[i]
-            np.matmul(L[..., lo:, lo:hi].swapaxes(-1, -2), x[..., lo:, :], out=out[..., lo:hi, :])
-        else:  # (L x)[i] = sum over j <= i of L[i, j] x[j]
-            np.matmul(L[..., lo:hi, :hi], x[..., :hi, :], out=out[..., lo:hi, :])
-    return out  # (..., T, n)
-
-
-def _causal_outer(a, b):
-    """``a @ b^T`` (..., T, T) on and below the diagonal blocks only; the blocks wholly
-    above are left unset (for callers that never read them). a, b (..., T, n)."""
-    T = a.shape[-2]
-    out = np.empty(a.shape[:-1] + (T,), dtype=a.dtype)  # (..., T, T)
-    for lo in range(0, T, CAUSAL_BLOCK):
-        hi = min(lo + CAUSAL_BLOCK, T)
-        np.matmul(a[..., lo:hi, :], b[..., :hi, :].swapaxes(-1, -2), out=out[..., lo:hi, :hi])
-    return out
+    # marked: the kinds' own products with dS (dS @ k, hid^T @ dS, ...) skip its zero half
+    return (dS.view(CausalGrad) if causal else dS), dv
 
 
 # what minisynth.fast.backend swaps in for the reference functions they name
