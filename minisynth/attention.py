@@ -165,8 +165,8 @@ class Dense(_DenseHidden):
         T = x.shape[1]
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
         W2 = p["W2"][:, :, :T]  # (H,hs,T) only the first T logit columns are used
-        b2 = p["b2"][:, None, :T]  # (H,1,T)
-        S = hid @ W2 + b2  # (B,H,T,T)
+        S = hid @ W2  # (B,H,T,T)
+        S += p["b2"][:, None, :T]  # (H,1,T) the same bias row for every b and i
         return S, (hid, W2, hidden_cache)
 
     def backward(self, dS, cache):
