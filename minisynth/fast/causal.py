@@ -42,16 +42,8 @@ def causal_product(L, x, transpose=False):
 
 def product_with_causal(x, L, transpose=False):
     """``x @ L`` (``x @ L^T`` if ``transpose``) for L (..., T, T) zero above its diagonal;
-    x (..., m, T), leading dimensions broadcast. Blocks above the diagonal are never read."""
-    m, T = x.shape[-2], L.shape[-1]
-    out = np.empty(np.broadcast_shapes(L.shape[:-2], x.shape[:-2]) + (m, T), dtype=x.dtype)
-    for lo in range(0, T, CAUSAL_BLOCK):
-        hi = min(lo + CAUSAL_BLOCK, T)
-        if transpose:  # (x L^T)[:, i] = sum over j <= i of x[:, j] L[i, j]
-            np.matmul(x[..., :, :hi], L[..., lo:hi, :hi].swapaxes(-1, -2), out=out[..., lo:hi])
-        else:  # (x L)[:, j] = sum over i >= j of x[:, i] L[i, j]
-            np.matmul(x[..., :, lo:], L[..., lo:, lo:hi], out=out[..., lo:hi])
-    return out  # (..., m, T)
+    x (..., m, T). Computed as ``(L^T @ x^T)^T`` (``(L @ x^T)^T``): a transposed view."""
+    return causal_product(L, x.swapaxes(-1, -2), transpose=not transpose).swapaxes(-1, -2)
 
 
 def causal_outer(a, b):
