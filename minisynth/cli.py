@@ -71,7 +71,7 @@ def cmd_train(args):
     from .data import canonical_data_spec
     from .fast import get_backend
     from .model import ModelConfig
-    from .train import TrainConfig, resumed_schedule, saved_run, setting_differences, train
+    from .train import RunConflict, TrainConfig, resumed_schedule, saved_run, train
 
     # the fields of both configs that are flags (vocab_size is fixed: bytes)
     model_fields = [f.name for f in dataclasses.fields(ModelConfig) if hasattr(args, f.name)]
@@ -93,43 +93,43 @@ def cmd_train(args):
                 **dataclasses.asdict(saved_train),
                 **{k: v for k, v in train_values.items() if k in given},
             }
-        requested_model = ModelConfig(**model_values)
-        differences = setting_differences(saved_model, requested_model)
-        if saved_train is not None:
-            differences += setting_differences(saved_train, train_values)
-        if differences:
-            raise ValueError(
-                f"--resume continues the run saved in {args.out}, but "
-                + "; ".join(
-                    f"{_flag_name(k)} was {_show(a)} there and is {_show(b)} here"
-                    for k, a, b in differences
-                )
-                + " (leave those flags out to continue it, or start a new run with another --out)"
-            )
-    if not args.resume:  # untyped defaults give way to typed flags (documented in --help)
+    else:  # (on resume, train() refuses any typed flag that differs from the saved run)
+        # untyped defaults give way to typed flags (documented in --help)
         if "min_lr" not in given:
             train_values["min_lr"] = min(train_values["min_lr"], train_values["lr"])
         if "warmup_steps" not in given:
             train_values["warmup_steps"] = min(train_values["warmup_steps"], train_values["steps"])
-    if train_values["min_lr"] > train_values["lr"]:
-        raise ValueError(
-            f"--min-lr {train_values['min_lr']:g} is above --lr {train_values['lr']:g}; "
-            "the cosine schedule decays from --lr down to --min-lr"
+        if train_values["min_lr"] > train_values["lr"]:
+            raise ValueError(
+                f"--min-lr {train_values['min_lr']:g} is above --lr {train_values['lr']:g}; "
+                "the cosine schedule decays from --lr down to --min-lr"
+            )
+        if train_values["warmup_steps"] > train_values["steps"]:
+            raise ValueError(
+                f"--warmup-steps {train_values['warmup_steps']} is more than --steps "
+                f"{train_values['steps']}; the warmup must fit in the run"
+            )
+    try:
+        result = train(
+            ModelConfig(**model_values),
+            TrainConfig(**train_values),
+            args.out,
+            resume=args.resume,
+            force=args.force,
+            progress=not args.quiet,
+            backend=get_backend(),
         )
-    if train_values["warmup_steps"] > train_values["steps"]:
-        raise ValueError(
-            f"--warmup-steps {train_values['warmup_steps']} is more than --steps "
-            f"{train_values['steps']}; the warmup must fit in the run"
-        )
-    result = train(
-        ModelConfig(**model_values),
-        TrainConfig(**train_values),
-        args.out,
-        resume=args.resume,
-        force=args.force,
-        progress=not args.quiet,
-        backend=get_backend(),
-    )
+    except RunConflict as err:
+        if not err.differences:
+            raise
+        raise ValueError(  # the same refusal, in the command line's words
+            f"--resume continues the run saved in {args.out}, but "
+            + "; ".join(
+                f"{_flag_name(k)} was {_show(a)} there and is {_show(b)} here"
+                for k, a, b in err.differences
+            )
+            + " (leave those flags out to continue it, or start a new run with another --out)"
+        ) from None
     print(
         f"final validation BPC: {result['val_bpc']:.4f} after {result['steps']} steps "
         f"({result['wall_time_s']:.1f} s); for scale, on the same split a uniform guess scores "

@@ -83,7 +83,15 @@ class TrainingDiverged(RuntimeError):
 
 
 class RunConflict(ValueError):
-    """A run directory whose saved run does not match the request (overwrite or resume)."""
+    """A run directory whose saved run does not match the request (overwrite or resume).
+
+    ``differences`` lists ``(field, saved value, requested value)`` when a resumed
+    run's settings differ from the saved ones (the CLI names them as flags).
+    """
+
+    def __init__(self, message, differences=()):
+        super().__init__(message)
+        self.differences = list(differences)
 
 
 def saved_run(out_dir):
@@ -113,11 +121,10 @@ def resumed_schedule(saved, steps):
 
 
 def setting_differences(saved, requested):
-    """``[(name, saved value, requested value)]`` for each field of two config
-    dataclasses (or dicts) that differs."""
-    a = saved if isinstance(saved, dict) else dataclasses.asdict(saved)
-    b = requested if isinstance(requested, dict) else dataclasses.asdict(requested)
-    return [(k, a[k], b[k]) for k in a if k in b and a[k] != b[k]]
+    """``[(name, saved value, requested value)]`` for each field of two configs of one
+    dataclass that differs."""
+    a, b = dataclasses.asdict(saved), dataclasses.asdict(requested)
+    return [(k, a[k], b[k]) for k in a if a[k] != b[k]]
 
 
 def unigram_bpc(train_bytes, eval_bytes):
@@ -254,7 +261,8 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
         if differences:
             raise RunConflict(
                 f"--resume: the request differs from the run saved in {out}: "
-                + "; ".join(f"{k} saved {a!r}, given {b!r}" for k, a, b in differences)
+                + "; ".join(f"{k} saved {a!r}, given {b!r}" for k, a, b in differences),
+                differences,
             )
         if tc.steps < start:
             raise RunConflict(
@@ -262,15 +270,7 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
             )
     splits, description = load_data(tc.data)
     fingerprint = data_fingerprint(tc.data, splits)
-    if (
-        resume
-        and saved_data
-        and (saved_data["size"], saved_data["sha256"])
-        != (
-            fingerprint["size"],
-            fingerprint["sha256"],
-        )
-    ):
+    if resume and saved_data and saved_data["sha256"] != fingerprint["sha256"]:
         raise RunConflict(
             f"--resume: the data {tc.data} changed since the run started (size "
             f"{saved_data['size']:,} -> {fingerprint['size']:,} bytes, SHA-256 "
