@@ -118,14 +118,15 @@ class Vanilla(Component):
         q = split_heads(q_flat, self.H)  # (B,H,T,hs)
         k = split_heads(k_flat, self.H)  # (B,H,T,hs)
         scale = 1.0 / math.sqrt(self.hs)
-        S = (q * scale) @ k.swapaxes(-1, -2)  # (B,H,T,T) scaling q costs T/hs times less than S
-        return S, (q, k, q_cache, k_cache, scale)
+        q_scaled = q * scale  # (B,H,T,hs) q / sqrt(hs)
+        S = q_scaled @ k.swapaxes(-1, -2)  # (B,H,T,T)
+        return S, (q_scaled, k, q_cache, k_cache, scale)
 
     def backward(self, dS, cache):
-        q, k, q_cache, k_cache, scale = cache
-        # S = (q * scale) @ k^T
+        q_scaled, k, q_cache, k_cache, scale = cache
+        # S = (q / sqrt(hs)) @ k^T
         dq = (dS @ k) * scale  # (B,H,T,hs)
-        dk = dS.swapaxes(-1, -2) @ (q * scale)  # (B,H,T,hs)
+        dk = dS.swapaxes(-1, -2) @ q_scaled  # (B,H,T,hs)
         # q = x Wq + bq;  k = x Wk + bk
         dx_q, dWq, dbq = layers.linear_backward(merge_heads(dq), q_cache)
         dx_k, dWk, dbk = layers.linear_backward(merge_heads(dk), k_cache)

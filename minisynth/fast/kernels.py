@@ -528,57 +528,52 @@ def adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
 
 @jit(**JIT_OPTS)
 def _attention_shift_rows(S, causal, z):
-    B, H, T, _ = z.shape
-    for bh in prange(B * H):  # each iteration writes z[b, h] only
-        b = bh // H
-        h = bh % H
+    M, T, _ = z.shape
+    for m in prange(M):  # each iteration writes map z[m] only
         for i in range(T):
             end = i + 1 if causal else T
-            m = -np.inf
+            top = -np.inf
             for j in range(end):
-                m = max(m, S[b, h, i, j])
+                top = max(top, S[m, i, j])
             for j in range(end):
-                z[b, h, i, j] = S[b, h, i, j] - m
+                z[m, i, j] = S[m, i, j] - top
             for j in range(end, T):
-                z[b, h, i, j] = -np.inf  # exp(-inf) = 0: the causal mask
+                z[m, i, j] = -np.inf  # exp(-inf) = 0: the causal mask
 
 
 @jit(**JIT_OPTS)
 def _attention_normalise_rows(causal, probs):
-    B, H, T, _ = probs.shape
-    for bh in prange(B * H):  # each iteration writes probs[b, h] only
-        b = bh // H
-        h = bh % H
+    M, T, _ = probs.shape
+    for m in prange(M):  # each iteration writes map probs[m] only
         for i in range(T):
             end = i + 1 if causal else T  # masked entries are exp(-inf) = 0 already
             total = 0.0
             for j in range(end):
-                total += probs[b, h, i, j]
+                total += probs[m, i, j]
             inv = 1.0 / total
             for j in range(end):
-                probs[b, h, i, j] *= inv
+                probs[m, i, j] *= inv
 
 
 @_falls_back_to(layers.attention_core_forward)
 def attention_core_forward(S, v, causal):
     """Twin of :func:`minisynth.layers.attention_core_forward` (jitted softmax, BLAS P @ v)."""
     B, H, T, hs = v.shape
-    shared = S.ndim == 3
     causal = bool(causal)
-    if shared:  # one (H,T,T) softmax, then the products: nothing per batch to fuse
+    if S.ndim == 3:  # shared: one (H,T,T) softmax, then the products; nothing to fuse
         probs_h, _ = layers.softmax_forward(S, causal=causal)  # (H,T,T)
         o = causal_product(probs_h, v) if causal else probs_h @ v  # (B,H,T,hs)
         return o, np.broadcast_to(probs_h, (B, H, T, T))
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
-    S_maps = np.ascontiguousarray(S).reshape(B * H, 1, T, T)  # (B*H,1,T,T) one map per row
-    P_maps = probs.reshape(B * H, 1, T, T)  # (B*H,1,T,T) a view of probs
+    S_maps = np.ascontiguousarray(S).reshape(B * H, T, T)  # (B*H,T,T) one map per (b, h)
+    P_maps = probs.reshape(B * H, T, T)  # (B*H,T,T) a view of probs
     # three passes: shifted logits, NumPy's SIMD exp in place (see the module
     # docstring), then divide by the row sums; a few maps at a time, so the second
     # and third passes find them in cache
     step = max(1, CACHE_BYTES // (T * T * probs.itemsize))
     for a in range(0, B * H, step):
         z = P_maps[a : a + step]
-        _attention_shift_rows(S_maps[a : a + z.shape[0]], causal, z)
+        _attention_shift_rows(S_maps[a : a + step], causal, z)
         np.exp(z, out=z)
         _attention_normalise_rows(causal, z)
     o = causal_product(probs, v) if causal else probs @ v  # (B,H,T,hs)
@@ -587,10 +582,8 @@ def attention_core_forward(S, v, causal):
 
 @jit(**JIT_OPTS)
 def _softmax_backward_rows(probs, dS, causal):
-    B, H, T, _ = probs.shape
-    for bh in prange(B * H):  # each iteration writes dS[b, h] only
-        b = bh // H
-        h = bh % H
+    M, T, _ = probs.shape
+    for m in prange(M):  # each iteration writes map dS[m] only
         for i in range(T):
             # P = softmax(S):  dS[i,j] = P[i,j] (dP[i,j] - sum_k P[i,k] dP[i,k]); dS holds dP.
             # Causal: P = 0 for j > i, so dS = 0 there, and dP there is never read (it
@@ -598,11 +591,11 @@ def _softmax_backward_rows(probs, dS, causal):
             end = i + 1 if causal else T
             dot = 0.0
             for j in range(end):
-                dot += probs[b, h, i, j] * dS[b, h, i, j]
+                dot += probs[m, i, j] * dS[m, i, j]
             for j in range(end):
-                dS[b, h, i, j] = probs[b, h, i, j] * (dS[b, h, i, j] - dot)
+                dS[m, i, j] = probs[m, i, j] * (dS[m, i, j] - dot)
             for j in range(end, T):
-                dS[b, h, i, j] = 0.0
+                dS[m, i, j] = 0.0
 
 
 @_falls_back_to(layers.attention_core_backward)
@@ -610,28 +603,22 @@ def attention_core_backward(do, probs, v, shared, causal=False):
     """Twin of :func:`minisynth.layers.attention_core_backward` (BLAS dP, dv; jitted softmax)."""
     B, H, T, hs = v.shape
     causal = bool(causal)
-    if shared:  # one (H,T,T) map: dP summed over the batch, one product per head
-        probs_h = np.ascontiguousarray(probs[0])  # (H,T,T)
-        do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-        v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-        if causal:
-            dS = causal_outer(do_h, v_h)  # (H,T,T) dP for now, made dS in place
-            dv = causal_product(probs_h, do, transpose=True)  # (B,H,T,hs)
-        else:
-            dS = do_h @ v_h.swapaxes(-1, -2)  # (H,T,T)
-            dv = probs_h.swapaxes(-1, -2) @ do  # (B,H,T,hs)
-        _softmax_backward_rows(probs_h[None], dS[None], causal)
-        return (dS.view(CausalGrad) if causal else dS), dv
+    if shared:  # one (H,T,T) map: dP = sum_b do[b] v[b]^T, the batch folded into the columns
+        P = np.ascontiguousarray(probs[0])  # (H,T,T)
+        do_rows = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+        v_rows = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
+    else:
+        P, do_rows, v_rows = np.ascontiguousarray(probs), do, v  # (B,H,T,T), (B,H,T,hs) x2
     # o = P @ v
     if causal:  # P is zero above the diagonal: leave those blocks out
-        dS = causal_outer(do, v)  # (B,H,T,T) dP for now: fresh, made dS in place
-        dv = causal_product(probs, do, transpose=True)  # (B,H,T,hs)
+        dS = causal_outer(do_rows, v_rows)  # dP for now: fresh, made dS in place
+        dv = causal_product(P, do, transpose=True)  # (B,H,T,hs)
     else:
-        dS = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
-        dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
-    _softmax_backward_rows(np.ascontiguousarray(probs), dS, causal)
+        dS = do_rows @ v_rows.swapaxes(-1, -2)  # dP for now
+        dv = P.swapaxes(-1, -2) @ do  # (B,H,T,hs)
+    _softmax_backward_rows(P.reshape(-1, T, T), dS.reshape(-1, T, T), causal)
     # marked: the kinds' own products with dS (dS @ k, hid^T @ dS, ...) skip its zero half
-    return (dS.view(CausalGrad) if causal else dS), dv
+    return (dS.view(CausalGrad) if causal else dS), dv  # dS (B,H,T,T), or (H,T,T) if shared
 
 
 # what minisynth.fast.backend swaps in for the reference functions they name
