@@ -20,6 +20,17 @@ Logits per kind (head h uses columns h*hs:(h+1)*hs of any (.., C) projection):
 * ``factorized_random``  S[b,h] = (R1[h] @ R2[h]^T)[:T,:T]
 * mixtures ``k1+k2+...`` S = sum_n softmax(alpha[h,:])[n] * S_n
 
+Decoding one position at a time (causal layers; :meth:`Attention.prefill` and
+:meth:`Attention.step`): the new position t needs row t of S and the values of
+positions 0..t. What each kind must remember from earlier positions follows
+from its logits:
+
+* ``vanilla``            its keys k[:t] as well as the values: row t is q_t k^T
+* ``dense``, ``factorized_dense``  nothing but the values: row t comes from x_t alone
+* ``random``, ``random_fixed``, ``factorized_random``  nothing but the values:
+  row t is a row of R (or R1[t] R2^T), independent of the input
+* mixtures               the union of their components' needs
+
 Initialisation: every weight matrix is Xavier-uniform, U(-a, a) with
 a = sqrt(6 / (fan_in + fan_out)), as in the authors' code; biases and the
 mixture logits ``alpha`` start at zero (equal mixture weights). For R (L x L)
@@ -30,12 +41,13 @@ uniform over the visible positions. Same seed, same parameters.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
 from . import layers
-from ._validate import FLOAT_DTYPES, check_float_array, check_positive_int
+from ._validate import FLOAT_DTYPES, check_float_array, check_positive_int, check_shape
 
 # --------------------------------------------------------------------------- helpers
 
@@ -70,12 +82,19 @@ class Component:
     ``shared`` components return logits (H,T,T) that do not depend on x; the
     others return (B,H,T,T). ``forward(p, x)`` reads parameters from the dict
     ``p`` (local names); ``backward(dS, cache)`` returns (dx or None, grads).
+    For decoding, ``row(p, x_t, t, memory)`` returns the logits of one new
+    position t, and ``remembers`` names what it keeps of earlier positions.
     """
 
     kind = ""
     shared = False
     options: tuple = ()
     buffer_names: tuple = ()
+    remembers: tuple = ()  # per-position (B,H,L,hs) arrays decoding keeps, besides v
+
+    def memory_from_forward(self, cache):
+        """The remembered arrays of the positions a forward pass saw: name -> (B,H,T,hs)."""
+        return {}
 
     def __init__(self, C, H, L, options):
         self.C, self.H, self.L = C, H, L
@@ -107,6 +126,7 @@ class Vanilla(Component):
     """
 
     kind = "vanilla"
+    remembers = ("k",)
 
     def shapes(self):
         C = self.C
@@ -131,6 +151,16 @@ class Vanilla(Component):
         dx_q, dWq, dbq = layers.linear_backward(merge_heads(dq), q_cache)
         dx_k, dWk, dbk = layers.linear_backward(merge_heads(dk), k_cache)
         return dx_q + dx_k, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
+
+    def memory_from_forward(self, cache):
+        return {"k": cache[1]}  # (B,H,T,hs)
+
+    def row(self, p, x_t, t, memory):
+        q_flat, _ = layers.linear_forward(x_t, p["Wq"], p["bq"])  # (B,1,C)
+        k_flat, _ = layers.linear_forward(x_t, p["Wk"], p["bk"])  # (B,1,C)
+        memory["k"][:, :, t] = split_heads(k_flat, self.H)[:, :, 0]  # (B,H,hs) key of position t
+        q_scaled = split_heads(q_flat, self.H) * (1.0 / math.sqrt(self.hs))  # (B,H,1,hs)
+        return q_scaled @ memory["k"][:, :, : t + 1].swapaxes(-1, -2)  # (B,H,1,t+1)
 
 
 class _DenseHidden(Component):
@@ -182,6 +212,10 @@ class Dense(_DenseHidden):
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {**grads, "W2": dW2, "b2": db2}
 
+    def row(self, p, x_t, t, memory):
+        hid, _ = self.hidden_forward(p, x_t)  # (B,H,1,hs) from the new token alone
+        return hid @ p["W2"][:, :, : t + 1] + p["b2"][:, None, : t + 1]  # (B,H,1,t+1)
+
 
 class FactorizedDense(_DenseHidden):
     """Factorized Dense: A = hid W_a[h] + b_a[h] (a), Bf = hid W_b[h] + b_b[h] (b), a b = L,
@@ -224,15 +258,24 @@ class FactorizedDense(_DenseHidden):
             "bb": (H, b),
         }
 
-    def forward(self, p, x):
-        T = x.shape[1]
+    def full_logits(self, p, x):
+        """x (B,T,C) -> (full (B,H,T,L), (hid, A, Bf, hidden_cache))."""
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
         A = hid @ p["Wa"] + p["ba"][:, None, :]  # (B,H,T,a)
         Bf = hid @ p["Wb"] + p["bb"][:, None, :]  # (B,H,T,b)
         # full reshaped to (b, a): full[q*a + r] = Bf[q] * A[r]
         full = (Bf[..., :, None] * A[..., None, :]).reshape(A.shape[:3] + (self.L,))  # (B,H,T,L)
+        return full, (hid, A, Bf, hidden_cache)
+
+    def forward(self, p, x):
+        T = x.shape[1]
+        full, (hid, A, Bf, hidden_cache) = self.full_logits(p, x)  # (B,H,T,L)
         S = full[..., :T]  # (B,H,T,T)
         return S, (hid, A, Bf, p["Wa"], p["Wb"], hidden_cache)
+
+    def row(self, p, x_t, t, memory):
+        full, _ = self.full_logits(p, x_t)  # (B,H,1,L) from the new token alone
+        return full[..., : t + 1]  # (B,H,1,t+1)
 
     def backward(self, dS, cache):
         hid, A, Bf, Wa, Wb, hidden_cache = cache
@@ -280,6 +323,9 @@ class Random(Component):
         dR = np.zeros((self.H, self.L, self.L), dtype=dS.dtype)  # (H,L,L) unused rows/cols 0
         dR[:, :T, :T] = dS
         return None, {"R": dR}
+
+    def row(self, p, x_t, t, memory):
+        return p["R"][:, t : t + 1, : t + 1]  # (H,1,t+1) row t of R: no input at all
 
 
 class RandomFixed(Random):
@@ -333,6 +379,9 @@ class FactorizedRandom(Component):
         dR1[:, :T] = dS @ R2  # (H,T,k)
         dR2[:, :T] = dS.swapaxes(-1, -2) @ R1  # (H,T,k)
         return None, {"R1": dR1, "R2": dR2}
+
+    def row(self, p, x_t, t, memory):
+        return p["R1"][:, t : t + 1] @ p["R2"][:, : t + 1].swapaxes(-1, -2)  # (H,1,t+1)
 
 
 KINDS = {
@@ -468,6 +517,16 @@ class Attention:
                 f"x must have at least one batch element and one position, got {x.shape}"
             )
 
+    def _mix(self, logits):
+        """Per-component logits -> (S, mix): S = sum_n softmax(alpha)[h,n] S_n for a mixture."""
+        if not self.mixture:
+            return logits[0], None  # (B,H,Tq,Tk) or (H,Tq,Tk)
+        mix, _ = layers.softmax_forward(self.params["alpha"])  # (H,N)
+        S = mix[:, 0, None, None] * logits[0]  # (B?,H,Tq,Tk)
+        for n in range(1, len(logits)):
+            S = S + mix[:, n, None, None] * logits[n]  # (B?,H,Tq,Tk) sum_n mix[h,n] S_n
+        return S, mix
+
     def forward(self, x):
         """x (B,T,C) -> (y (B,T,C), cache); ``cache.probs`` is (B,H,T,T)."""
         self._check_input(x)
@@ -480,15 +539,7 @@ class Attention:
             S_n, c = comp.forward(self._local(comp, prefix), x)  # (B,H,T,T) or (H,T,T)
             logits.append(S_n)
             caches.append(c)
-        if self.mixture:
-            mix, _ = layers.softmax_forward(p["alpha"])  # (H,N)
-            S = mix[:, 0, None, None] * logits[0]  # (B?,H,T,T)
-            for n in range(1, len(logits)):
-                S = S + mix[:, n, None, None] * logits[n]  # (B?,H,T,T) sum_n mix[h,n] S_n
-        else:
-            mix = None
-            S = logits[0]  # (B,H,T,T) or (H,T,T)
-
+        S, mix = self._mix(logits)  # (B,H,T,T) or (H,T,T)
         o, probs = layers.attention_core_forward(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
         y, o_cache = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
         cache = AttentionCache(probs, v, v_cache, o_cache, tuple(logits), tuple(caches), mix)
@@ -531,6 +582,75 @@ class Attention:
                 dx = dx + dx_n
             grads.update({prefix + name: a for name, a in g.items()})
         return dx, grads
+
+    # ------------------------------------------------------------ decoding
+    def prefill(self, x):
+        """x (B,T,C), a causal prompt -> (y (B,T,C), DecodeState remembering its T positions)."""
+        if not self.causal:
+            raise ValueError("decoding position by position needs a causal layer (causal=True)")
+        y, cache = self.forward(x)
+        B, T, _ = x.shape
+        memories = []
+        for comp, comp_cache in zip(self.components, cache.component_caches, strict=True):
+            remembered = comp.memory_from_forward(comp_cache)
+            memories.append(
+                {name: self._memory_buffer(B, remembered[name]) for name in comp.remembers}
+            )
+        return y, DecodeState(self._memory_buffer(B, cache.v), tuple(memories), T)
+
+    def _memory_buffer(self, B, first):
+        """A (B,H,L,hs) buffer holding ``first`` (B,H,T,hs) in its first T positions."""
+        buf = np.zeros((B, self.H, self.L, self.hs), dtype=self.dtype)  # (B,H,L,hs)
+        buf[:, :, : first.shape[2]] = first
+        return buf
+
+    def step(self, x_t, state):
+        """The next position: x_t (B,1,C) -> y_t (B,1,C); ``state`` gains the position.
+
+        Attention work O(t) for position t: the new row of logits against the
+        remembered positions 0..t, no T x T matrix.
+        """
+        check_float_array("x_t", x_t, ndim=3, dtype=self.dtype)
+        B, t = state.v.shape[0], state.length
+        check_shape("x_t", x_t, (B, 1, self.C))
+        if t >= self.L:
+            raise ValueError(
+                f"the decoding state already holds max_len L = {self.L} positions; "
+                "Dense and Random logits exist only for positions below L "
+                "(prefill a shorter window)"
+            )
+        p = self.params
+        v_flat, _ = layers.linear_forward(x_t, p["Wv"], p["bv"])  # (B,1,C)
+        state.v[:, :, t] = split_heads(v_flat, self.H)[:, :, 0]  # (B,H,hs) value of position t
+        rows = [
+            comp.row(self._local(comp, prefix), x_t, t, memory)  # (B,H,1,t+1) or (H,1,t+1)
+            for comp, prefix, memory in zip(
+                self.components, self.prefixes, state.memories, strict=True
+            )
+        ]
+        S, _ = self._mix(rows)  # (B?,H,1,t+1)
+        probs, _ = layers.softmax_forward(S)  # (B?,H,1,t+1) no mask: position t sees 0..t
+        o = probs @ state.v[:, :, : t + 1]  # (B,H,1,hs)
+        y, _ = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,1,C)
+        state.length = t + 1
+        return y
+
+
+@dataclass
+class DecodeState:
+    """What one attention layer remembers while decoding, for positions 0..length-1.
+
+    Buffers have room for all L positions; only the first ``length`` are filled.
+    """
+
+    v: np.ndarray  # (B,H,L,hs) values, needed by every kind
+    memories: tuple  # per component: name -> (B,H,L,hs), e.g. vanilla's keys "k"
+    length: int
+
+    @property
+    def nbytes(self):
+        """Bytes held for a full window of L positions."""
+        return self.v.nbytes + sum(a.nbytes for m in self.memories for a in m.values())
 
 
 def build(kind, d_model, n_heads, max_len, *, causal=True, seed=0, dtype=np.float32, **options):

@@ -175,6 +175,7 @@ def cmd_sample(args):
         temperature=args.temperature,
         top_k=args.top_k,
         seed=args.seed,
+        overflow=args.overflow,
     )
     # decode prompt and continuation together: a multi-byte character may straddle them,
     # and non-UTF-8 prompt bytes (surrogate-escaped by argv) print as replacement characters
@@ -508,6 +509,14 @@ def build_parser():
     )
     sa.add_argument(
         "--seed", type=_nonneg_int, default=0, help="sampling seed (default: %(default)s)"
+    )
+    sa.add_argument(
+        "--overflow",
+        choices=("refill", "slide"),  # model.OVERFLOW_POLICIES, without importing numpy here
+        default="refill",
+        help="when prompt and text outgrow max_len: 'refill' keeps the last max_len/2 bytes "
+        "and decodes on (fast); 'slide' re-runs the last max_len bytes for every byte "
+        "(always a full window, slow) (default: %(default)s)",
     )
     sa.set_defaults(handler=cmd_sample)
 

@@ -187,11 +187,18 @@ class SynthesizerLM:
         p = self.params
         B, T = idx.shape
         x = p["wte"][idx] + p["wpe"][:T]  # (B,T,C)
+        x, block_caches = self._blocks(x, lambda i, a_in: self.attn[i].forward(a_in))  # (B,T,C)
+        logits, ln_f, xf = self._head(x)  # (B,T,V)
+        return logits, ModelCache(idx, tuple(block_caches), ln_f, xf)
+
+    def _blocks(self, x, attend):
+        """x (B,T,C) through every block; ``attend(i, a_in)`` runs layer i's attention."""
+        p = self.params
         block_caches = []
-        for i, attn in enumerate(self.attn):
+        for i in range(len(self.attn)):
             pre = f"blocks.{i}."
             a_in, ln1 = layers.layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])  # (B,T,C)
-            a_out, attn_cache = attn.forward(a_in)  # (B,T,C)
+            a_out, attn_cache = attend(i, a_in)  # (B,T,C), AttentionCache or None
             x = x + a_out  # (B,T,C)
             m_in, ln2 = layers.layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])  # (B,T,C)
             h, fc = layers.linear_forward(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
@@ -199,9 +206,13 @@ class SynthesizerLM:
             m_out, proj = layers.linear_forward(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
             x = x + m_out  # (B,T,C)
             block_caches.append(BlockCache(ln1, attn_cache, ln2, fc, gelu, proj))
+        return x, block_caches
+
+    def _head(self, x):
+        """x (B,T,C) -> (logits (B,T,V), ln_f cache, xf (B,T,C))."""
+        p = self.params
         xf, ln_f = layers.layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])  # (B,T,C)
-        logits = xf @ p["wte"].T  # (B,T,V)
-        return logits, ModelCache(idx, tuple(block_caches), ln_f, xf)
+        return xf @ p["wte"].T, ln_f, xf  # (B,T,V)
 
     def forward(self, idx):
         """idx (B,T) ints -> logits (B,T,V)."""
@@ -271,11 +282,90 @@ class SynthesizerLM:
         grads["wte"] = dwte + layers.embedding_backward(dx, emb_cache)  # tied: both uses add
         return float(loss), {name: grads[name] for name in p}
 
-    # ------------------------------------------------------------- generation
-    def generate(self, prompt, length, *, temperature=1.0, top_k=None, seed=0):
-        """Sample ``length`` bytes after ``prompt`` (1-D ints); the window slides past max_len.
+    # --------------------------------------------------------------- decoding
+    def prefill(self, idx):
+        """Run a prompt idx (B,T) once -> (logits (B,T,V), states, one DecodeState per layer).
 
-        Returns a 1-D int array of the new tokens only.
+        Each layer's state remembers what its attention kind needs to decode the
+        next positions with :meth:`decode_step` (see :mod:`minisynth.attention`).
+        """
+        self._check_idx(idx)
+        return self._prefill(idx)
+
+    def _prefill(self, idx):
+        p = self.params
+        T = idx.shape[1]
+        x = p["wte"][idx] + p["wpe"][:T]  # (B,T,C)
+        states = []
+
+        def attend(i, a_in):
+            a_out, state = self.attn[i].prefill(a_in)  # (B,T,C)
+            states.append(state)
+            return a_out, None
+
+        x, _ = self._blocks(x, attend)  # (B,T,C)
+        logits, _, _ = self._head(x)  # (B,T,V)
+        return logits, states
+
+    def decode_step(self, tokens, states):
+        """The next position: tokens (B,) ints at position t -> logits (B,V); states gain t.
+
+        Equal, to rounding, to row t of a full forward pass over all t+1 tokens,
+        at attention cost O(t) instead of O(t^2).
+        """
+        tokens = np.asarray(tokens)
+        check_int_array("tokens", tokens, upper=self.config.vocab_size, ndim=1)
+        if len(states) != len(self.attn):
+            raise ValueError(f"states must hold one DecodeState per layer ({len(self.attn)})")
+        if tokens.shape[0] != states[0].v.shape[0]:
+            raise ValueError(
+                f"tokens has {tokens.shape[0]} rows but the states were prefilled with "
+                f"{states[0].v.shape[0]}"
+            )
+        if states[0].length >= self.config.max_len:
+            raise ValueError(
+                f"the states already hold max_len = {self.config.max_len} positions; "
+                "prefill a shorter window to go on"
+            )
+        return self._decode_step(tokens, states)
+
+    def _decode_step(self, tokens, states):
+        p = self.params
+        t = states[0].length
+        x = p["wte"][tokens[:, None]] + p["wpe"][t]  # (B,1,C)
+        x, _ = self._blocks(x, lambda i, a_in: (self.attn[i].step(a_in, states[i]), None))
+        logits, _, _ = self._head(x)  # (B,1,V)
+        return logits[:, 0]  # (B,V)
+
+    # ------------------------------------------------------------- generation
+    def generate(
+        self,
+        prompt,
+        length,
+        *,
+        temperature=1.0,
+        top_k=None,
+        seed=0,
+        overflow="refill",
+        use_cache=True,
+    ):
+        """Sample ``length`` bytes after ``prompt`` (1-D ints); returns the new tokens only.
+
+        The prompt is prefilled in one pass, then every new byte costs one
+        :meth:`decode_step` (O(t) attention work at position t). The model sees
+        at most the last L = max_len bytes. Dense and Random logits belong to
+        absolute positions 0..L-1, so a full window cannot slide by one position
+        without recomputing every position. ``overflow`` says what happens when
+        the window is full:
+
+        * ``"refill"`` (default): keep the last L // 2 bytes, prefill them, and
+          decode on; the context the model sees shrinks to L/2 and grows back to L.
+        * ``"slide"``: run the last L bytes through the full model for every new
+          byte (always L bytes of context; O(L^2) attention work per byte).
+
+        Both are exact: the logits equal those of a full forward pass over the
+        same window. ``use_cache=False`` computes every byte's logits with such a
+        full pass (the slow reference, same policy, same output up to rounding).
         """
         prompt = np.asarray(prompt)
         check_int_array("prompt", prompt, upper=self.config.vocab_size, ndim=1)
@@ -289,21 +379,50 @@ class SynthesizerLM:
             raise ValueError(f"temperature must be positive, got {temperature}")
         V = self.config.vocab_size
         if top_k is not None:
-            top_k = check_positive_int("top_k", top_k)
-            top_k = min(top_k, V)
+            top_k = min(check_positive_int("top_k", top_k), V)
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, got {overflow!r}")
+        L = self.config.max_len
+        keep = max(1, L // 2) if overflow == "refill" else L  # bytes kept when the window is full
+
+        def run_window(window):  # a full pass over the window -> its last logits (V,), states
+            idx = np.array(window, dtype=np.int64)[None]  # (1,T)
+            if not use_cache:
+                return self._forward(idx)[0][0, -1], None
+            logits, states = self._prefill(idx)  # (1,T,V)
+            return logits[0, -1], states
+
         rng = np.random.default_rng(seed)
-        tokens = list(prompt.tolist())
+        window = prompt.tolist()[-L:]
+        logits, states = run_window(window)  # (V,)
         out = []
-        for _ in range(int(length)):
-            window = np.array(tokens[-self.config.max_len :], dtype=np.int64)[None]  # (1,T)
-            logits, _ = self._forward(window)
-            z = logits[0, -1].astype(np.float64) / temperature  # (V,)
-            if top_k is not None and top_k < V:
-                cutoff = np.partition(z, V - top_k)[V - top_k]
-                z = np.where(z >= cutoff, z, -np.inf)
-            probs = np.exp(z - z.max())  # (V,)
-            probs /= probs.sum()
-            nxt = int(rng.choice(V, p=probs))
-            tokens.append(nxt)
+        for n in range(int(length)):
+            nxt = sample_token(logits, rng, temperature, top_k)
             out.append(nxt)
+            if n == length - 1:
+                break
+            if len(window) == L:  # full: start a new window from the last `keep` bytes
+                window = (window + [nxt])[-keep:]
+                logits, states = run_window(window)
+            else:
+                window.append(nxt)
+                if use_cache:
+                    logits = self._decode_step(np.array([nxt]), states)[0]  # (V,)
+                else:
+                    logits, _ = run_window(window)
         return np.array(out, dtype=np.int64)
+
+
+OVERFLOW_POLICIES = ("refill", "slide")
+
+
+def sample_token(logits, rng, temperature, top_k):
+    """One draw from softmax(logits / temperature), restricted to the top_k logits."""
+    z = logits.astype(np.float64) / temperature  # (V,)
+    V = z.shape[0]
+    if top_k is not None and top_k < V:
+        cutoff = np.partition(z, V - top_k)[V - top_k]
+        z = np.where(z >= cutoff, z, -np.inf)
+    probs = np.exp(z - z.max())  # (V,)
+    probs /= probs.sum()
+    return int(rng.choice(V, p=probs))

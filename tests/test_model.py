@@ -140,7 +140,7 @@ def test_float32_model_trains_in_float32():
     assert model.forward(idx).dtype == np.float32
 
 
-def test_generate_slides_past_max_len_and_is_seeded():
+def test_generate_goes_past_max_len_and_is_seeded():
     model = SynthesizerLM(tiny("dense"))
     a = model.generate(np.array([1, 2, 3, 4, 5, 6]), 10, seed=5, top_k=3)
     b = model.generate(np.array([1, 2, 3, 4, 5, 6]), 10, seed=5, top_k=3)

@@ -115,8 +115,8 @@ except ValueError as err:
     print("ValueError:", err)
 
 # %% [markdown]
-# A language model therefore reads a sliding window of at most L bytes
-# (`SynthesizerLM.generate` does exactly that). The opposite case, T < L, is
+# A language model therefore reads at most L bytes at a time (tutorial 09
+# shows what `SynthesizerLM.generate` does when a window is full). The opposite case, T < L, is
 # fine: the layer uses the first T columns, and the unused columns get no
 # gradient, so they are only trained by batches long enough to reach them.
 
