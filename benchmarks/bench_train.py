@@ -13,8 +13,8 @@ threads everywhere (NumPy's BLAS, ``numba.set_num_threads``, ``torch.set_num_thr
 * forward + backward alone (``model.loss_and_grads`` / ``loss.backward()``);
 
 for (a) minisynth on the Numba backend, (b) minisynth on the NumPy backend,
-(c) ``benchmarks/torch_reference.py``, the PyTorch eager twin built from the same
-weights. Each path runs in a fresh subprocess (``--warmup`` steps, then
+(c) :mod:`minisynth.torch_model`, the package's PyTorch twin (eager), built from the
+same weights. Each path runs in a fresh subprocess (``--warmup`` steps, then
 ``--repeats`` timed steps and forward+backward calls, interleaved so both see the
 same machine load), which gives per path:
 
@@ -253,10 +253,11 @@ def setup_path(spec):
     facts = {}
     if path == "torch":
         import torch
-        import torch_reference as tr
+
+        from minisynth import torch_model as tr
 
         torch.set_num_threads(threads)
-        tmodel = tr.TorchSynthesizerLM.from_minisynth(model)
+        tmodel = tr.SynthesizerTorch.from_minisynth(model)
         toptimizer = tr.adamw_like(tmodel, optimizer)
         del model, optimizer  # torch holds copies; keep the peak RSS torch's own
         xt, yt = tr.as_index_tensor(x), tr.as_index_tensor(y)
@@ -538,9 +539,9 @@ def check_losses(configs, threads):
     """
     import numpy as np
     import torch
-    import torch_reference as tr
 
     from minisynth import use_backend
+    from minisynth.torch_model import SynthesizerTorch
 
     torch.set_num_threads(threads)
     worst = 0.0
@@ -548,7 +549,7 @@ def check_losses(configs, threads):
         for kind in cfg.kinds:
             model = build_model(cfg, kind)
             x, y = make_batch(cfg)
-            t_loss = tr.TorchSynthesizerLM.from_minisynth(model).loss(x, y)
+            t_loss = SynthesizerTorch.from_minisynth(model).loss(x, y)
             for backend_name in ("numpy", "numba"):
                 with use_backend(backend_name) as active:
                     loss = model.loss(x, y)
@@ -773,7 +774,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args, configs = parse_args(argv)
-    sys.path.insert(0, str(HERE))  # torch_reference, for the loss check
     has_torch = torch_available()
     paths = [p for p in args.paths if p != "torch" or has_torch]
     env = worker_env(

@@ -433,11 +433,16 @@ def _make_components(parts, C, H, L, options):
     return comps
 
 
+def components(kind, d_model, n_heads, max_len, **options):
+    """The validated :class:`Component` objects of ``kind`` (their shapes, no arrays)."""
+    C, H, L = _check_sizes(d_model, n_heads, max_len)
+    return _make_components(parse_kind(kind), C, H, L, options)
+
+
 def count_params(kind, d_model, n_heads, max_len, **options):
     """Number of trainable parameters of ``build(kind, ...)`` without allocating them."""
-    parts = parse_kind(kind)
-    C, H, L = _check_sizes(d_model, n_heads, max_len)
-    comps = _make_components(parts, C, H, L, options)
+    comps = components(kind, d_model, n_heads, max_len, **options)
+    C, H = comps[0].C, comps[0].H
     n = 2 * C * C + 2 * C  # Wv, bv, Wo, bo
     n += sum(math.prod(s) for c in comps for s in c.shapes().values())
     if len(comps) > 1:

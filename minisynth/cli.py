@@ -254,6 +254,22 @@ def cmd_curves(args):
     return 0
 
 
+def cmd_export(args):
+    from .export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, force=args.force)
+    print(f"exported {args.checkpoint} to {path} and {path.parent / 'config.json'}")
+    return 0
+
+
+def cmd_import(args):
+    from .export import import_pretrained
+
+    path = import_pretrained(args.source, args.out, force=args.force)
+    print(f"imported {args.source} into {path}")
+    return 0
+
+
 # -------------------------------------------------------------------------- parser
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the example lines of each epilog as written."""
@@ -646,6 +662,53 @@ def build_parser():
         help="image format when --out is a directory (default: png)",
     )
     cu.set_defaults(handler=cmd_curves)
+
+    ex = _subcommand(
+        sub,
+        "export",
+        "write a checkpoint as model.safetensors + config.json (for PyTorch)",
+        [
+            "minisynth export --checkpoint runs/default --out exported/default",
+            "minisynth export --checkpoint runs/random/checkpoint.npz --out exp/random --force",
+        ],
+    )
+    ex.add_argument(
+        "--checkpoint", required=True, help="run directory or checkpoint .npz file (required)"
+    )
+    ex.add_argument(
+        "--out",
+        required=True,
+        help="directory for model.safetensors (float32) and config.json (required)",
+    )
+    ex.add_argument(
+        "--force", action="store_true", help="replace an earlier export in --out (default: refuse)"
+    )
+    ex.set_defaults(handler=cmd_export)
+
+    im = _subcommand(
+        sub,
+        "import",
+        "turn a model.safetensors + config.json directory into a checkpoint",
+        [
+            "minisynth import exported/default --out runs/imported",
+            "minisynth import trained_in_pytorch --out runs/from_gpu --force",
+        ],
+    )
+    im.add_argument(
+        "source",
+        help="directory written by `minisynth export` or SynthesizerTorch.save_pretrained",
+    )
+    im.add_argument(
+        "--out",
+        required=True,
+        help="run directory for checkpoint.npz, read by eval, sample, plot, compare (required)",
+    )
+    im.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a checkpoint already in --out (default: refuse)",
+    )
+    im.set_defaults(handler=cmd_import)
     return parser
 
 

@@ -1,14 +1,12 @@
 """Cross-check against PyTorch autograd: an independent test of the hand-written backward.
 
 The finite-difference checks of test_model.py compare minisynth with itself;
-here the same weights are transplanted into ``benchmarks/torch_reference.py``
-(a PyTorch rebuild of the model) and losses, every gradient and one full
-optimizer step (clip + AdamW) must agree. Skipped when torch is not installed
-(it comes with the ``bench`` extra); minisynth itself never imports torch.
+here the same weights are transplanted into :mod:`minisynth.torch_model` (the
+PyTorch twin of the model, with autograd's backward) and losses, every gradient
+and one full optimizer step (clip + AdamW) must agree. Skipped when torch is not
+installed (the ``torch`` extra; CI fails on skips); ``import minisynth`` never
+imports torch.
 """
-
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,11 +16,7 @@ torch = pytest.importorskip("torch")
 from minisynth import ModelConfig, SynthesizerLM, fast, use_backend  # noqa: E402
 from minisynth.gradcheck import rel_error  # noqa: E402
 from minisynth.optim import AdamW, clip_grad_norm  # noqa: E402
-
-REFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "torch_reference.py"
-_spec = importlib.util.spec_from_file_location("torch_reference", REFERENCE)
-torch_reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(torch_reference)
+from minisynth.torch_model import SynthesizerTorch, adamw_like, train_step  # noqa: E402
 
 KINDS = [
     "vanilla",
@@ -68,7 +62,7 @@ def _one_thread():
 @pytest.mark.parametrize("kind", KINDS)
 def test_loss_and_every_gradient_match_torch_autograd(kind, backend):
     model, idx, targets = tiny_model(kind, np.float64)
-    tmodel = torch_reference.TorchSynthesizerLM.from_minisynth(model)
+    tmodel = SynthesizerTorch.from_minisynth(model)
     with use_backend(backend):
         loss, grads = fast.loss_and_grads(model, idx, targets)  # numba: the batch in shards
     t_loss, t_grads = tmodel.loss_and_grads(idx, targets)
@@ -88,8 +82,8 @@ def test_loss_and_every_gradient_match_torch_autograd(kind, backend):
 @pytest.mark.parametrize("kind", KINDS)
 def test_float32_loss_matches_torch(kind):
     model, idx, targets = tiny_model(kind, np.float32)
-    tmodel = torch_reference.TorchSynthesizerLM.from_minisynth(model)
-    assert tmodel.p("wte").dtype == torch.float32
+    tmodel = SynthesizerTorch.from_minisynth(model)
+    assert tmodel.wte.dtype == torch.float32
     assert model.loss(idx, targets) == pytest.approx(tmodel.loss(idx, targets), rel=1e-5)
 
 
@@ -97,19 +91,19 @@ def test_float32_loss_matches_torch(kind):
 def test_clip_and_adamw_steps_match_torch(kind):
     """Three steps of loss, backward, clip and AdamW land on the same weights in both."""
     model, idx, targets = tiny_model(kind, np.float64)
-    tmodel = torch_reference.TorchSynthesizerLM.from_minisynth(model)
+    tmodel = SynthesizerTorch.from_minisynth(model)
     opt = AdamW(model.params, lr=1e-2, weight_decay=0.1)
-    topt = torch_reference.adamw_like(tmodel, opt)
+    topt = adamw_like(tmodel, opt)
     # the groups must be minisynth's: alpha, embeddings and 1-D arrays undecayed
     decayed = {id(p) for p in topt.param_groups[0]["params"]}
-    for name, param in tmodel.contract_parameters():
+    for name, param in tmodel.named_parameters():
         assert (id(param) in decayed) == opt.decay[name], name
     for step, max_norm in enumerate([0.05, 100.0, 0.05]):  # clipping both engaged and idle
         lr = 1e-2 / (step + 1)
         loss, grads = model.loss_and_grads(idx, targets)
         clip_grad_norm(grads, max_norm)
         opt.step(grads, lr=lr)
-        t_loss = torch_reference.train_step(tmodel, topt, idx, targets, lr=lr, max_norm=max_norm)
+        t_loss = train_step(tmodel, topt, idx, targets, lr=lr, max_norm=max_norm)
         assert loss == pytest.approx(t_loss, rel=1e-10)
     for name, value in tmodel.numpy_params().items():
         err = rel_error(model.params[name], value)
