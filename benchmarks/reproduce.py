@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,19 @@ from minisynth.fast import get_backend, set_backend
 from minisynth.optim import lr_schedule
 from minisynth.train import TrainConfig, evaluate, train
 
-KINDS = [
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of the sweep: an attention kind with its options."""
+
+    name: str  # the label in the report; the run directory's name
+    attention: str
+    options: tuple = ()  # attention options as (name, value) pairs
+    synthetic_lr_scale: float = 1.0  # TrainConfig.synthetic_lr_scale
+    question: str = ""  # for controls: what the comparison asks
+
+
+PAPER_KINDS = [
     "vanilla",
     "dense",
     "random",
@@ -46,6 +58,18 @@ KINDS = [
     "random+vanilla",
     "dense+vanilla",
 ]
+CONTROLS = [
+    Variant("uniform", "random_fixed", (("init_std", 0.0),),
+            question="the floor: every visible position weighted equally (random_fixed, R = 0)"),
+    Variant("random_fixed_sharp", "random_fixed", (("init_std", 1.0),),
+            question="a sharp fixed random alignment (R ~ N(0, 1)) next to the near-uniform one"),
+    Variant("dense+vanilla_shared_q", "dense+vanilla", (("dense_from_query", True),),
+            question="the authors' dense+vanilla: Dense's first layer is the query projection"),
+    Variant("random_lr10", "random", synthetic_lr_scale=10.0,
+            question="Random with a 10x learning rate for R"),
+]  # fmt: skip
+VARIANTS = {v.name: v for v in [Variant(k, k) for k in PAPER_KINDS] + CONTROLS}
+KINDS = list(VARIANTS)
 SEEDS = [0, 1, 2]
 # The sweep's model and schedule: the default `minisynth train` model, with the
 # token budget cut so that 24 runs fit in about 90 minutes on 2 cores.
@@ -62,7 +86,12 @@ SCHEDULE = dict(
     log_interval=25,
     sample_length=0,
 )
-# Paper, Table 3 (LM1B perplexity, lower is better) and its finding on fixed random attention.
+# LM1B perplexities (lower is better) as quoted when this script was first written, from
+# the paper's LM1B table (then cited as Table 3). NOT checked against the paper's text:
+# this machine has no internet access, and the stored copies of the paper it can search
+# (arXiv via ar5iv, the ICLR 2021 submission) hold only its abstract. A second-hand summary
+# of the ICML 2021 version gives Dense 42.40 rather than 40.88 (the other three it lists
+# agree). PAPER_SOURCE says so in the report.
 PAPER_LM1B = {
     "dense+vanilla": 37.27,
     "vanilla": 38.21,
@@ -70,6 +99,19 @@ PAPER_LM1B = {
     "random": 40.60,
     "dense": 40.88,
 }
+PAPER_SOURCE = (
+    "The paper's language-modelling results are perplexities on LM1B (Tay et al., "
+    "*Synthesizer: Rethinking Self-Attention for Transformer Models*, arXiv:2005.00743; "
+    "the 2020 v1 and the ICML 2021 version differ in places). **These numbers are not "
+    "verified**: they were quoted when this study began, and on the machine that wrote this "
+    "report only the paper's abstract could be read (no internet; the stored copies of "
+    "arXiv v1, the ICLR 2021 submission and the ICML 2021 version cut off before the "
+    "tables), so the table number and version cannot be cited. A second-hand summary of "
+    "the ICML 2021 version gives Dense 42.40 instead of 40.88 (agreeing on vanilla "
+    "38.21, random 40.60, random+vanilla 40.05), and the same summary has fixed random "
+    "attention lowest in translation (23.89 BLEU on WMT EnDe against about 27 for the "
+    "others), also unverified. Check them against the paper before quoting them."
+)
 COMPARE_TEXT = "<title>The Synthesizer</title> attention without token-token interaction"
 
 
@@ -98,18 +140,34 @@ def compute_description():
     }
 
 
-def run_one(out, kind, seed, data_spec, steps):
+def is_complete(result):
+    """A finished run's result, with everything the report reads (mixtures: their weights)."""
+    return "+" not in result["attention"] or "mixture_weights" in result
+
+
+def run_one(out, name, seed, data_spec, steps):
     """Train (or resume, or skip) one run; returns its result dict."""
-    rdir = run_dir(out, kind, seed)
+    variant = VARIANTS[name]
+    rdir = run_dir(out, name, seed)
     result_path = rdir / "result.json"
-    if result_path.exists():
+    if result_path.exists() and is_complete(json.loads(result_path.read_text())):
         return json.loads(result_path.read_text())
-    mc = ModelConfig(attention=kind, **MODEL)
-    tc = TrainConfig(data=data_spec, seed=seed, **{**SCHEDULE, "steps": steps})
+    options = dict(variant.options)
+    mc = ModelConfig(attention=variant.attention, attention_options=options, **MODEL)
+    tc = TrainConfig(
+        data=data_spec,
+        seed=seed,
+        synthetic_lr_scale=variant.synthetic_lr_scale,
+        **{**SCHEDULE, "steps": steps},
+    )
     resume = (rdir / "checkpoint.npz").exists()
     elapsed_path = rdir / "elapsed.json"
-    before = json.loads(elapsed_path.read_text())["wall_time_s"] if elapsed_path.exists() else 0.0
-    print(f"== {kind} seed {seed}{' (resuming)' if resume else ''}", flush=True)
+    before = (
+        json.loads(elapsed_path.read_text())["wall_time_s"]
+        if resume and elapsed_path.exists()
+        else 0.0
+    )
+    print(f"== {name} seed {seed}{' (resuming)' if resume else ''}", flush=True)
     t0 = time.perf_counter()
     try:
         res = train(
@@ -131,12 +189,15 @@ def run_one(out, kind, seed, data_spec, steps):
     model, _ = load_checkpoint(res["checkpoint"])
     splits, description = load_data(data_spec)
     result = {
-        "attention": kind,
+        "variant": name,
+        "attention": variant.attention,
+        "attention_options": options,
+        "synthetic_lr_scale": variant.synthetic_lr_scale,
         "seed": seed,
         "data": description,
         "params": model.num_params(),
         "attention_params_per_layer": attention.count_params(
-            kind, MODEL["d_model"], MODEL["n_heads"], MODEL["max_len"]
+            variant.attention, MODEL["d_model"], MODEL["n_heads"], MODEL["max_len"], **options
         ),
         "val_bpc": evaluate(model, splits["val"]),
         "test_bpc": evaluate(model, splits["test"]),
@@ -147,6 +208,8 @@ def run_one(out, kind, seed, data_spec, steps):
         "model_config": asdict(mc),
         "train_config": asdict(tc),
     }
+    if "+" in variant.attention:
+        result["mixture_weights"] = viz.mixture_weights(model).tolist()  # (layers, H, N)
     result["tokens_per_s"] = result["tokens"] / wall
     result_path.write_text(json.dumps(result, indent=1))
     print(
@@ -156,20 +219,65 @@ def run_one(out, kind, seed, data_spec, steps):
     return result
 
 
+def timing_pass(out, steps=12, warmup=3):
+    """Tokens/s of a training step of every variant with today's code -> figures/timings.json.
+
+    Each variant: a fresh model, ``warmup`` steps (compilation, caches), then the median
+    of ``steps`` timed steps (forward, backward, clipping, AdamW on the fast path).
+    """
+    import statistics
+
+    from minisynth import fast
+    from minisynth.data import get_batch
+    from minisynth.optim import AdamW, clip_grad_norm, synthetic_logits_lr_scale
+
+    splits, _ = load_data("bundled")
+    rng = np.random.default_rng(0)
+    timings = {}
+    for name, variant in VARIANTS.items():
+        mc = ModelConfig(attention=variant.attention, attention_options=dict(variant.options),
+                         **MODEL)  # fmt: skip
+        model = SynthesizerLM(mc, seed=0)
+        opt = AdamW(model.params, lr=SCHEDULE["lr"], weight_decay=SCHEDULE["weight_decay"],
+                    lr_scale=synthetic_logits_lr_scale(variant.synthetic_lr_scale))  # fmt: skip
+        times = []
+        for step in range(warmup + steps):
+            x, y = get_batch(splits["train"], SCHEDULE["batch_size"], MODEL["max_len"], rng)
+            t0 = time.perf_counter()
+            _, grads = fast.loss_and_grads(model, x, y)
+            clip_grad_norm(grads, SCHEDULE["grad_clip"])
+            opt.step(grads)
+            if step >= warmup:
+                times.append(time.perf_counter() - t0)
+        timings[name] = SCHEDULE["batch_size"] * MODEL["max_len"] / statistics.median(times)
+        print(f"   {name}: {timings[name]:,.0f} tokens/s", flush=True)
+    record = {"compute": compute_description(), "steps": steps, "tokens_per_s": timings}
+    path = out / "figures" / "timings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    return record
+
+
 # ------------------------------------------------------------------------ report
+def variant_of(result):
+    return result.get("variant", result["attention"])  # runs made before variants existed
+
+
 def summarise(results):
-    """kind -> dict of means and standard deviations over seeds."""
+    """variant -> dict of means and standard deviations over seeds (and the per-seed BPC)."""
     table = {}
-    for kind in KINDS:
-        rs = [r for r in results if r["attention"] == kind]
+    for name in VARIANTS:
+        rs = [r for r in results if variant_of(r) == name]
         if not rs:
             continue
         val = np.array([r["val_bpc"] for r in rs])
         test = np.array([r["test_bpc"] for r in rs])
-        table[kind] = {
+        table[name] = {
             "n": len(rs),
             "params": rs[0]["params"],
             "attention_params": rs[0]["attention_params_per_layer"],
+            "val": val,
+            "test": test,
             "val_mean": val.mean(),
             "val_std": val.std(ddof=1) if len(rs) > 1 else float("nan"),
             "test_mean": test.mean(),
@@ -178,6 +286,26 @@ def summarise(results):
             "wall_time_s": float(np.mean([r["wall_time_s"] for r in rs])),
         }
     return table
+
+
+def welch(table, a, b, split):
+    """(gap = mean of b - mean of a, two-sided Welch t-test p-value) on one split's BPC."""
+    from scipy import stats
+
+    x, y = table[a][split], table[b][split]
+    gap = float(y.mean() - x.mean())
+    if len(x) < 2 or len(y) < 2:
+        return gap, float("nan")
+    return gap, float(stats.ttest_ind(y, x, equal_var=False).pvalue)
+
+
+def fmt_p(p):
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def significant(table, a, b):
+    """Welch p < 0.05 on validation and on test BPC."""
+    return all(welch(table, a, b, split)[1] < 0.05 for split in ("val", "test"))
 
 
 def fmt(mean, std):
@@ -213,23 +341,43 @@ def bpc_chart(table, path):
 
 
 def agreement(table):
-    """Pairs of kinds the paper orders (LM1B) and whether the miniature agrees."""
+    """Pairs of kinds the paper orders (LM1B): (a, b, miniature agrees, val and test gaps
+    and Welch p-values)."""
     kinds = [k for k in PAPER_LM1B if k in table]
     rows = []
     for i, a in enumerate(kinds):
         for b in kinds[i + 1 :]:
             paper_a_better = PAPER_LM1B[a] < PAPER_LM1B[b]
             ours_a_better = table[a]["val_mean"] < table[b]["val_mean"]
-            gap = table[b]["val_mean"] - table[a]["val_mean"]
-            noise = np.nanmax([table[a]["val_std"], table[b]["val_std"], 0.0])
-            rows.append((a, b, paper_a_better == ours_a_better, gap, abs(gap) <= 2 * noise))
+            rows.append((a, b, paper_a_better == ours_a_better,
+                         *welch(table, a, b, "val"), *welch(table, a, b, "test")))  # fmt: skip
     return rows
 
 
-def beyond_noise(table, a, b):
-    """Is the gap between kinds a and b larger than twice the larger seed sd?"""
-    gap = abs(table[a]["val_mean"] - table[b]["val_mean"])
-    return gap > 2 * np.nanmax([table[a]["val_std"], table[b]["val_std"], 0.0])
+def comparison_lines(table, pairs, header):
+    """A table of gaps and Welch p-values for (a, b, question) pairs present in the table."""
+    lines = [
+        f"| {header} | than | val gap | p (val) | test gap | p (test) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for a, b, _ in pairs:
+        if a in table and b in table:
+            gv, pv = welch(table, a, b, "val")
+            gt, pt = welch(table, a, b, "test")
+            lines.append(f"| {a} | {b} | {gv:+.3f} | {fmt_p(pv)} | {gt:+.3f} | {fmt_p(pt)} |")
+    return lines
+
+
+# (better candidate, compared with, the question) for the controls
+CONTROL_PAIRS = [
+    ("random_fixed", "uniform", "is the near-uniform fixed R an alignment at all?"),
+    ("random_fixed_sharp", "uniform", "does a sharp fixed random alignment beat none?"),
+    ("random_fixed_sharp", "random_fixed", "sharp against near-uniform fixed R"),
+    ("dense+vanilla", "dense+vanilla_shared_q", "Dense's own first layer against the query's"),
+    ("dense+vanilla_shared_q", "vanilla", "mixing with few extra parameters"),
+    ("random_lr10", "random", "Random with 10x the learning rate for R"),
+    ("dense", "random_lr10", "Dense against Random with the larger R learning rate"),
+]
 
 
 def late_improvement(out, kinds, seed):
@@ -287,18 +435,19 @@ def attention_stats_lines(stats):
     return lines
 
 
-def random_logit_budget(out, steps):
-    """(sum of the learning rates, mean visible logit range of R) for the seed-0 `random` model.
+def random_logit_budget(out, steps, name="random"):
+    """(sum of the learning rates of R, mean visible logit range of R at initialisation and
+    after training) for the seed-0 run of a Random variant.
 
     Adam moves each parameter by about the learning rate per step at most, and each
     entry of a Random synthesizer's R is a parameter of its own: the sum of the
     learning rates bounds how far any logit can travel from its initial value.
     """
-    path = run_dir(out, "random", SEEDS[0]) / "checkpoint.npz"
-    saved = out / "figures" / "random_logit_budget.json"  # committed; checkpoints are not
+    path = run_dir(out, name, SEEDS[0]) / "checkpoint.npz"
+    saved = out / "figures" / f"{name}_logit_budget.json"  # committed; checkpoints are not
     if not path.exists():
         return tuple(json.loads(saved.read_text())) if saved.exists() else None
-    total_lr = sum(
+    total_lr = VARIANTS[name].synthetic_lr_scale * sum(
         lr_schedule(
             step,
             max_lr=SCHEDULE["lr"],
@@ -327,77 +476,72 @@ def visible_logit_range(model):
     return float(np.mean(ranges))
 
 
+def ordering_finding(rows, clear, table):
+    """How many of the paper's pairs the miniature orders alike, and how clearly."""
+    n_kinds = len({k for r in rows for k in r[:2]})
+    return (
+        f"**Pairwise ordering.** The miniature agrees with the paper on {sum(r[2] for r in rows)} "
+        f"of {len(rows)} ordered pairs; {len(clear)} of the gaps have a Welch p-value below "
+        f"0.05 on both validation and test BPC, and the paper's order holds for "
+        f"{sum(r[2] for r in clear)} of those. These {len(rows)} comparisons are not "
+        f"independent tests: they are the pairs of one ordering of {n_kinds} kinds and share "
+        "each kind's runs, so one unlucky seed moves several of them at once. With "
+        f"{min(t['n'] for t in table.values())} seeds per kind a Welch test has little power, "
+        f"and a Bonferroni correction for {len(rows)} comparisons would ask for p < "
+        f"{0.05 / len(rows):.4f}; read the p-values as a ranking of how clear each gap is, "
+        "not as a verdict."
+    )
+
+
 def findings(table, rows, out, tokens, steps):
     """The discussion's claims, each computed from the table (no canned verdicts)."""
-    lines = []
-    n_agree = sum(r[2] for r in rows)
-    n_clear = sum(1 for r in rows if not r[4])
-    n_clear_agree = sum(1 for r in rows if r[2] and not r[4])
-    lines.append(
-        f"**Pairwise ordering.** The miniature agrees with the paper on {n_agree} of "
-        f"{len(rows)} ordered pairs; {n_clear} of the gaps are larger than twice the seed "
-        f"standard deviation, and the paper's order holds for {n_clear_agree} of those."
-    )
-    lines.append("")
-    # 1. mixtures against their components
-    for mix in ("dense+vanilla", "random+vanilla"):
+    clear = [r for r in rows if r[4] < 0.05 and r[6] < 0.05]
+    lines = [ordering_finding(rows, clear, table), ""] if rows else []
+    for mix in ("dense+vanilla", "random+vanilla"):  # mixtures against their components
         parts = mix.split("+")
         if mix not in table or not all(p in table for p in parts):
             continue
         diffs = [
-            f"`{p}` {table[mix]['val_mean'] - table[p]['val_mean']:+.3f} BPC"
-            + ("" if beyond_noise(table, mix, p) else " (within noise)")
+            f"`{p}` {table[mix]['val_mean'] - table[p]['val_mean']:+.3f} BPC (Welch p "
+            f"{fmt_p(welch(table, p, mix, 'val')[1])} val, "
+            f"{fmt_p(welch(table, p, mix, 'test')[1])} test)"
             for p in parts
         ]
         best_alone = all(table[mix]["val_mean"] < table[p]["val_mean"] for p in parts)
         lines.append(
             f"**Mixture `{mix}`** {'beats both' if best_alone else 'does not beat both'} "
-            "of its components. Its validation BPC minus theirs (negative = the mixture "
-            "is better): " + ", ".join(diffs) + "."
+            "of its components on validation BPC. Its BPC minus theirs (negative = the "
+            "mixture is better): " + ", ".join(diffs) + "."
         )
         lines.append("")
-    # 2. synthetic-only kinds against dot-product attention
+    lines += size_finding(table)
     synthetic = [
         k for k in ("dense", "random", "factorized_dense", "factorized_random") if k in table
     ]
-    if "vanilla" in table and synthetic:
+    if "vanilla" in table and synthetic:  # synthetic-only kinds against dot-product attention
         best = min(synthetic, key=lambda k: table[k]["val_mean"])
         gap = table[best]["val_mean"] - table["vanilla"]["val_mean"]
-        rel = gap / table["vanilla"]["val_mean"]
         lines.append(
             f"**Synthetic alone vs dot product.** The best synthetic-only kind is `{best}`, "
-            f"{gap:+.3f} BPC ({rel:+.1%}) against `vanilla` "
-            + ("(within noise)." if not beyond_noise(table, best, "vanilla") else "(beyond noise).")
-            + " Per kind: "
+            f"{gap:+.3f} BPC ({gap / table['vanilla']['val_mean']:+.1%}) against `vanilla` "
+            f"(Welch p {fmt_p(welch(table, 'vanilla', best, 'val')[1])} val, "
+            f"{fmt_p(welch(table, 'vanilla', best, 'test')[1])} test). Per kind: "
             + ", ".join(
                 f"`{k}` {table[k]['val_mean'] - table['vanilla']['val_mean']:+.3f}"
                 for k in synthetic
             )
-            + " (positive = worse than vanilla). In the paper, Dense and Random alone have "
-            "6-7% higher LM1B perplexity than the Transformer."
+            + " (positive = worse than vanilla)."
         )
         lines.append("")
-    # 3. fixed random attention
-    if "random_fixed" in table:
-        order = sorted(table, key=lambda k: table[k]["val_mean"])
-        rank = order.index("random_fixed") + 1
-        lines.append(
-            f"**Fixed random attention** ranks {rank} of {len(order)} "
-            + (
-                "(worst, as in the paper's translation results)."
-                if rank == len(order)
-                else f"(not the worst: `{order[-1]}` is)."
-            )
-        )
-        lines.append("")
-    # 4. are the runs converged?
+    lines += alignment_finding(table, out)
+    lines += random_budget_finding(table, out, steps)
     drops = late_improvement(out, table, SEEDS[0])
-    if drops:
+    if drops:  # are the runs converged?
         s0, s1, _ = next(iter(drops.values()))
         lo, hi = min(d[2] for d in drops.values()), max(d[2] for d in drops.values())
         lines.append(
             f"**Budget.** Between steps {s0} and {s1} (seed {SEEDS[0]}), validation BPC "
-            f"still fell by {lo:.3f} to {hi:.3f} for every kind: the models are far from "
+            f"still fell by {lo:.3f} to {hi:.3f} for every variant: the models are far from "
             "converged, so this compares early training, and the ordering may change "
             "with a longer budget."
             if lo > 0
@@ -405,85 +549,173 @@ def findings(table, rows, out, tokens, steps):
             f"validation BPC ranged from {-hi:+.3f} to {-lo:+.3f}."
         )
         lines.append("")
-    budget = random_logit_budget(out, steps)
-    if budget is not None:
-        total_lr, spread_init, spread = budget
-        lines.append(
-            f"**Random's learning budget.** Adam moves each parameter by at most about the "
-            f"learning rate per step, and every entry of R is its own parameter: over this "
-            f"schedule the learning rates sum to {total_lr:.2f}, so no logit of R can travel "
-            f"much further than that from its initial value. In the trained `random` model "
-            f"(seed {SEEDS[0]}) the mean range (max - min) of a row's visible logits is "
-            f"{spread:.2f}, against {spread_init:.2f} at initialisation. Dot-product and "
-            "Dense logits are products of trained weights and inputs, and can grow much faster."
-        )
-        lines.append("")
-    disagree = [(a, b) for a, b, agrees, _, noisy in rows if not agrees and not noisy]
-    why = [
-        "**Where the miniature disagrees, and why that may be** (hypotheses, not tested "
-        "here). "
+    disagree = [(r[0], r[1]) for r in clear if not r[2]]
+    lines.append(
+        "**Where the miniature disagrees.** "
         + (
-            f"Beyond noise, the miniature reverses {len(disagree)} of the paper's "
-            "orderings: the paper has "
+            f"Of the clear gaps, {len(disagree)} reverse the paper's order: the paper has "
             + "; ".join(f"`{a}` better than `{b}`" for a, b in disagree)
             + ", the miniature the opposite."
             if disagree
-            else "No paper-ordered pair is reversed beyond noise."
+            else "No paper-ordered pair with a clear gap is reversed."
         )
-    ]
-    stats = load_map_stats(out / "figures")
-    entropies = (
-        {}
-        if stats is None
-        else {m["attention"]: head_mean(m, "entropy_nats") for m in stats["models"]}
+        + f" The models are tiny ({MODEL['n_layers']} layers, d_model {MODEL['d_model']}, "
+        f"context {MODEL['max_len']} bytes) and trained on {tokens / 1e6:.1f}M characters of "
+        "one 1 MB Wikipedia prefix, while the paper trains large word-piece models on LM1B; "
+        "bytes and word pieces need different alignments, and BPC and perplexity gaps are "
+        "not on one scale."
     )
-    if "random" in entropies:
-        T = stats["input"]["bytes"]
-        reference = uniform_causal_entropy(T)
-        near_uniform = entropies["random"] >= 0.9 * reference
-        why.append(
-            f"On the comparison text, the `random` maps are "
-            f"{'close to' if near_uniform else 'well away from'} uniform (entropy "
-            f"{entropies['random']:.2f} nats against {reference:.2f} for uniform attention "
-            f"over these {T} bytes; `vanilla` {entropies.get('vanilla', float('nan')):.2f}, "
-            f"`dense` {entropies.get('dense', float('nan')):.2f})"
-            + (
-                ": within the learning budget above, Random attention stays nearly uniform, "
-                "while the paper trains for hundreds of thousands of steps, in which R can "
-                "become sharp."
-                if near_uniform
-                else "."
-            )
-        )
-    why.append(
-        f"More generally, the models are tiny ({MODEL['n_layers']} layers, d_model "
-        f"{MODEL['d_model']}, context {MODEL['max_len']} bytes) and trained on "
-        f"{tokens / 1e6:.1f}M characters of one 1 MB Wikipedia prefix, while the paper "
-        "trains large word-piece models on LM1B; bytes and word pieces need different "
-        "alignments, and BPC and perplexity gaps are not on one scale. The kinds also "
-        "differ in parameters (Random adds H L^2 per layer, mixtures add their "
-        "components'), which the paper does not hold fixed either. Gaps within twice "
-        "the seed standard deviation are not orderings."
-    )
-    lines.append(" ".join(why))
     return lines
 
 
+def size_finding(table):
+    """Mixing or size? dense+vanilla with its own first layer and with the query's."""
+    names = ["vanilla", "dense+vanilla_shared_q", "dense+vanilla"]
+    if not all(n in table for n in names):
+        return []
+    base = table["vanilla"]["params"]
+    parts = [
+        f"`{n}` {table[n]['params']:,} parameters ({table[n]['params'] / base - 1:+.1%}), "
+        f"{table[n]['val_mean'] - table['vanilla']['val_mean']:+.3f} val BPC against vanilla "
+        f"(p {fmt_p(welch(table, 'vanilla', n, 'val')[1])}), "
+        f"{table[n]['test_mean'] - table['vanilla']['test_mean']:+.3f} test "
+        f"(p {fmt_p(welch(table, 'vanilla', n, 'test')[1])})"
+        for n in names[1:]
+    ]
+    gv, pv = welch(table, "dense+vanilla_shared_q", "dense+vanilla", "val")
+    gt, pt = welch(table, "dense+vanilla_shared_q", "dense+vanilla", "test")
+    return [
+        "**Mixing or size?** Against `vanilla` "
+        f"({base:,} parameters): " + "; ".join(parts) + ". Our `dense+vanilla` minus the "
+        f"authors' (Dense's first layer = the query projection): {gv:+.3f} val BPC "
+        f"(p {fmt_p(pv)}), {gt:+.3f} test (p {fmt_p(pt)}).",
+        "",
+    ]
+
+
+def alignment_finding(table, out):
+    """Is random_fixed an alignment at all? The uniform and sharp controls."""
+    names = ["uniform", "random_fixed", "random_fixed_sharp"]
+    if not all(n in table for n in names):
+        return []
+    line = (
+        "**Fixed random alignments.** Validation (test) BPC: "
+        + ", ".join(
+            f"`{n}` {table[n]['val_mean']:.3f} ({table[n]['test_mean']:.3f})" for n in names
+        )
+        + ". Today's `random_fixed` minus uniform attention: "
+        f"{welch(table, 'uniform', 'random_fixed', 'val')[0]:+.3f} val BPC "
+        f"(p {fmt_p(welch(table, 'uniform', 'random_fixed', 'val')[1])}); the sharp fixed R "
+        f"minus uniform: {welch(table, 'uniform', 'random_fixed_sharp', 'val')[0]:+.3f} "
+        f"(p {fmt_p(welch(table, 'uniform', 'random_fixed_sharp', 'val')[1])})."
+    )
+    stats = load_map_stats(out / "figures" / "controls")
+    if stats is not None:
+        entropies = {  # the run directories' names, without the seed
+            m["name"].rsplit("-seed", 1)[0]: head_mean(m, "entropy_nats") for m in stats["models"]
+        }
+        T = stats["input"]["bytes"]
+        line += (
+            f" On the comparison text ({T} bytes; uniform causal attention has entropy "
+            f"{uniform_causal_entropy(T):.2f} nats), the seed-0 maps' mean entropy is "
+            + ", ".join(f"{e:.2f} for `{n}`" for n, e in entropies.items())
+            + "."
+        )
+    return [line, ""]
+
+
+def random_budget_finding(table, out, steps):
+    """Random's learning budget, with and without the larger learning rate for R."""
+    lines = []
+    for name in ("random", "random_lr10"):
+        budget = random_logit_budget(out, steps, name)
+        if budget is None or name not in table:
+            continue
+        total_lr, spread_init, spread = budget
+        lines.append(
+            f"`{name}`: the learning rates of R sum to {total_lr:.2f} over the schedule; the "
+            f"mean range (max - min) of a row's visible logits went from {spread_init:.2f} at "
+            f"initialisation to {spread:.2f} (seed {SEEDS[0]})"
+        )
+    if not lines:
+        return []
+    text = (
+        "**Random's learning budget.** Adam moves each parameter by at most about its "
+        "learning rate per step, and every entry of R is its own parameter. "
+        + "; ".join(lines)
+        + "."
+    )
+    if all(n in table for n in ("random", "random_lr10", "dense")):
+        gv, pv = welch(table, "random", "random_lr10", "val")
+        gd, pd = welch(table, "dense", "random_lr10", "val")
+        text += (
+            f" With 10x the learning rate for R, validation BPC changes by {gv:+.3f} "
+            f"(p {fmt_p(pv)}) and ends {gd:+.3f} from `dense` (p {fmt_p(pd)})."
+        )
+    return [text, ""]
+
+
 def compute_line(results):
-    """One sentence on what the timings ran on, from the runs' recorded ``compute``."""
-    seen = {json.dumps(r.get("compute"), sort_keys=True) for r in results}
-    if len(seen) != 1 or results[0].get("compute") is None:
-        return "Timings: the runs were made under different settings (see each result.json)."
+    """What the runs' timings ran on, from their recorded ``compute`` (commits listed)."""
+    settings = {
+        json.dumps({k: v for k, v in (r.get("compute") or {}).items() if k != "minisynth_commit"},
+                   sort_keys=True)
+        for r in results
+    }  # fmt: skip
+    commits = sorted({(r.get("compute") or {}).get("minisynth_commit") or "unknown"
+                      for r in results})  # fmt: skip
+    if len(settings) != 1 or results[0].get("compute") is None:
+        return "Run timings: the runs were made under different settings (see each result.json)."
     c = results[0]["compute"]
     env = ", ".join(
         f"{k}={c[k]}" for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS") if c.get(k)
     )
     return (
-        f"Timings: minisynth commit {c.get('minisynth_commit') or 'unknown'}, "
+        f"Run timings (the runs' own wall time): minisynth commit(s) {', '.join(commits)}, "
         f"{c['backend']} backend, {c['cpus_usable']} of {c['cpus_total']} CPUs usable"
         + (f", {env}" if env else "")
         + ". Tokens/s and wall time depend on these; BPC only up to floating-point rounding."
     )
+
+
+def timings_line(timings):
+    if timings is None:
+        return []
+    c = timings["compute"]
+    return [
+        f"Today's timings (`python benchmarks/reproduce.py --timings`: median of "
+        f"{timings['steps']} training steps per variant after warmup): minisynth commit "
+        f"{c.get('minisynth_commit') or 'unknown'}, {c['backend']} backend, "
+        f"{c['cpus_usable']} of {c['cpus_total']} CPUs usable"
+        + "".join(
+            f", {k}={c[k]}" for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS") if c.get(k)
+        )  # fmt: skip
+        + ".",
+        "",
+    ]
+
+
+def mixture_lines(results):
+    """softmax(alpha) per layer and head of every mixture run."""
+    runs = sorted((r for r in results if "mixture_weights" in r),
+                  key=lambda r: (list(VARIANTS).index(variant_of(r)), r["seed"]))  # fmt: skip
+    if not runs:
+        return []
+    H = len(runs[0]["mixture_weights"][0])
+    lines = [
+        "Learned mixture weights softmax(alpha) per layer and head (components in the order "
+        "of the name; they start equal):",
+        "",
+        "| variant | seed | layer | " + " | ".join(f"head {h}" for h in range(H)) + " |",
+        "|---|---:|---:|" + "---|" * H,
+    ]
+    for r in runs:
+        parts = r["attention"].split("+")
+        for layer, heads in enumerate(r["mixture_weights"]):
+            cells = [" · ".join(f"{p} {w:.2f}" for p, w in zip(parts, head, strict=True))
+                     for head in heads]  # fmt: skip
+            lines.append(f"| {variant_of(r)} | {r['seed']} | {layer} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def write_report(out, results, report, command):
@@ -493,14 +725,15 @@ def write_report(out, results, report, command):
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     bpc_chart(table, fig_dir / "bpc.png")
-    seed0 = [run_dir(out, k, SEEDS[0]) for k in table if run_dir(out, k, SEEDS[0]).exists()]
+    paper = [k for k in table if k in PAPER_KINDS]
+    seed0 = [run_dir(out, k, SEEDS[0]) for k in paper if run_dir(out, k, SEEDS[0]).exists()]
     viz.curves_for_runs([str(d) for d in seed0], str(fig_dir / "curves.png"))
-    maps = [str(d / "checkpoint.npz") for d in seed0 if (d / "checkpoint.npz").exists()]
-    # checkpoints are not committed: from a clean clone, keep the committed maps rather
-    # than redraw them for fewer models
-    complete = len(maps) == len(seed0)
-    if len(maps) >= 2 and (complete or not (fig_dir / "stats.json").exists()):
-        viz.compare_checkpoints(maps, viz.encode_text(COMPARE_TEXT), fig_dir, log=lambda *a: None)
+    draw_maps(seed0, fig_dir)
+    controls = ["uniform", "random_fixed", "random_fixed_sharp"]
+    draw_maps([run_dir(out, k, SEEDS[0]) for k in controls if k in table], fig_dir / "controls")
+    path = fig_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else None
+    today = (timings or {}).get("tokens_per_s", {})
 
     order = sorted(table, key=lambda k: table[k]["val_mean"])
     lines = [
@@ -518,25 +751,40 @@ def write_report(out, results, report, command):
         "",
         compute_line(results),
         "",
-        "| attention | params (model) | attention params / layer | val BPC | test BPC "
-        "| train tokens/s | wall time / run |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *timings_line(timings),
+        "| variant | params (model) | attention params / layer | val BPC | test BPC "
+        "| train tokens/s (runs) | wall time / run | train tokens/s (today) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k in order:
         t = table[k]
         lines.append(
             f"| {k} | {t['params']:,} | {t['attention_params']:,} | "
             f"{fmt(t['val_mean'], t['val_std'])} | {fmt(t['test_mean'], t['test_std'])} | "
-            f"{t['tokens_per_s']:,.0f} | {t['wall_time_s'] / 60:.1f} min |"
+            f"{t['tokens_per_s']:,.0f} | {t['wall_time_s'] / 60:.1f} min | "
+            + (f"{today[k]:,.0f} |" if k in today else "n/a |")
         )
     lines += [
         "",
         "BPC: mean ± sample standard deviation over seeds (n = "
         + ", ".join(f"{k}: {t['n']}" for k, t in table.items())
-        + "). "
-        "Tokens/s include periodic validation.",
+        + "). Run tokens/s include periodic validation and were measured when each run was "
+        "made; today's come from the timing pass above.",
         "",
-        "![BPC per kind](figures/bpc.png)",
+        "The controls (same model, data, budget and seeds):",
+        "",
+        "| variant | attention | options | question |",
+        "|---|---|---|---|",
+        *(
+            f"| {v.name} | {v.attention} | "
+            + (", ".join(f"{a}={b}" for a, b in v.options) or "-")
+            + (f", R learning rate x{v.synthetic_lr_scale:g}" if v.synthetic_lr_scale != 1 else "")
+            + f" | {v.question} |"
+            for v in CONTROLS
+            if v.name in table
+        ),
+        "",
+        "![BPC per variant](figures/bpc.png)",
         "",
         "Training curves (seed 0): ![curves](figures/curves.png)",
         "",
@@ -545,31 +793,55 @@ def write_report(out, results, report, command):
         "",
         *attention_stats_lines(load_map_stats(fig_dir)),
         "",
+        "The fixed-random controls on the same text: ![controls](figures/controls/compare.png)",
+        "",
+        *mixture_lines(results),
         "## Discussion",
         "",
         "Ordering here (best first, by mean validation BPC): "
         + " < ".join(f"{k} ({table[k]['val_mean']:.3f})" for k in order)
         + ".",
         "",
-        "The paper's language-modelling ordering (LM1B perplexity, Table 3): "
+        PAPER_SOURCE
+        + " Its ordering: "
         + " < ".join(f"{k} ({v})" for k, v in PAPER_LM1B.items())
-        + "; fixed random attention is clearly the worst in its translation experiments.",
+        + ".",
         "",
         "Pairwise agreement with the paper's ordering (gap = BPC of the second minus the "
-        "first; 'within noise' = the gap is at most twice the larger seed standard deviation):",
+        "first, positive = the first is better here; p = two-sided Welch t-test over the "
+        "seeds, `scipy.stats.ttest_ind(equal_var=False)`):",
         "",
-        "| paper says better | than | miniature agrees | gap (BPC) | within noise |",
-        "|---|---|---|---:|---|",
+        "| paper says better | than | miniature agrees | val gap | p (val) | test gap | p (test) |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     rows = agreement(table)
-    for a, b, agrees, gap, noisy in rows:
+    for a, b, agrees, gv, pv, gt, pt in rows:
         lines.append(
-            f"| {a} | {b} | {'yes' if agrees else 'no'} | {gap:+.3f} | {'yes' if noisy else 'no'} |"
+            f"| {a} | {b} | {'yes' if agrees else 'no'} | {gv:+.3f} | {fmt_p(pv)} | "
+            f"{gt:+.3f} | {fmt_p(pt)} |"
         )
-    lines += ["", *findings(table, rows, out, results[0]["tokens"], results[0]["steps"]), ""]
+    lines += [
+        "",
+        "The controls' comparisons (gap = BPC of the second minus the first):",
+        "",
+        *comparison_lines(table, CONTROL_PAIRS, "first"),
+        "",
+        *findings(table, rows, out, results[0]["tokens"], results[0]["steps"]),
+        "",
+    ]
     text = "\n".join(lines)
     rel = os.path.relpath(fig_dir, report.parent)
     report.write_text(text.replace("](figures/", f"]({rel}/"))
+
+
+def draw_maps(run_dirs, fig_dir):
+    """compare.png and stats.json of the runs' maps; from a clean clone (no checkpoints),
+    keep the committed figure rather than redraw it for fewer models."""
+    maps = [str(d / "checkpoint.npz") for d in run_dirs if (d / "checkpoint.npz").exists()]
+    complete = len(maps) == len(run_dirs)
+    if len(maps) >= 2 and (complete or not (fig_dir / "stats.json").exists()):
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        viz.compare_checkpoints(maps, viz.encode_text(COMPARE_TEXT), fig_dir, log=lambda *a: None)
 
 
 def main(argv=None):
@@ -583,6 +855,12 @@ def main(argv=None):
     parser.add_argument("--report", default="RESULTS.md", help="where to write the report")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument(
+        "--timings",
+        action="store_true",
+        help="re-measure every variant's training tokens/s with today's code (a short "
+        "pass, written to figures/timings.json), then write the report",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="a seconds-long sweep of tiny models, to test this script",
@@ -594,12 +872,16 @@ def main(argv=None):
         args.steps = min(args.steps, 6)
     out = Path(args.out)
     command = "python benchmarks/reproduce.py" + "".join(
-        f" {a}" for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"
+        f" {a}"
+        for a in (argv if argv is not None else sys.argv[1:])
+        if a not in ("--report-only", "--timings")
     )
+    if args.timings:
+        timing_pass(out)
     results = []
     for seed in args.seeds:  # seed-major: a partial sweep covers every kind early
         for kind in args.kinds:
-            if args.report_only:
+            if args.report_only or args.timings:
                 path = run_dir(out, kind, seed) / "result.json"
                 if path.exists():
                     results.append(json.loads(path.read_text()))

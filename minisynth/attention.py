@@ -47,7 +47,13 @@ from typing import NamedTuple
 import numpy as np
 
 from . import layers
-from ._validate import FLOAT_DTYPES, check_float_array, check_positive_int, check_shape
+from ._validate import (
+    FLOAT_DTYPES,
+    check_float_array,
+    check_positive_int,
+    check_real,
+    check_shape,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -107,16 +113,24 @@ class Component:
     def buffer_shapes(self):
         return {}
 
+    def aliases(self):
+        """local name -> (kind, name) of another component's parameter used in its place."""
+        return {}
+
     def init(self, rng, dtype):
         """Fresh parameters and buffers: (params, buffers) dicts with local names."""
-        params = {}
-        for name, shape in {**self.shapes(), **self.buffer_shapes()}.items():
-            if name.startswith("b"):  # every bias starts at zero
-                params[name] = np.zeros(shape, dtype=dtype)
-            else:  # (.., fan_in, fan_out) weights; R-like (H,L,L) or (H,L,k) alike
-                params[name] = xavier_uniform(rng, shape, shape[-2], shape[-1], dtype)
-        buffers = {n: params.pop(n) for n in self.buffer_names}
-        return params, buffers
+        arrays = {
+            name: self.initial(name, shape, rng, dtype)
+            for name, shape in {**self.shapes(), **self.buffer_shapes()}.items()
+        }
+        buffers = {n: arrays.pop(n) for n in self.buffer_names}
+        return arrays, buffers
+
+    def initial(self, name, shape, rng, dtype):
+        if name.startswith("b"):  # every bias starts at zero
+            return np.zeros(shape, dtype=dtype)
+        # (.., fan_in, fan_out) weights; R-like (H,L,L) or (H,L,k) alike
+        return xavier_uniform(rng, shape, shape[-2], shape[-1], dtype)
 
 
 class Vanilla(Component):
@@ -184,13 +198,30 @@ class Dense(_DenseHidden):
 
     Parameters: W1 (C,C), b1 (C,), W2 (H,hs,L), b2 (H,L): C^2 + C + C L + H L
     (per head: the shared C x C first layer plus hs L + L for its second layer).
+
+    Option ``dense_from_query=True`` (mixtures with vanilla only): the first layer
+    is vanilla's query projection, hid = relu(x Wq + bq), as in the authors'
+    ``dense_plus`` (Mesh TensorFlow); Dense then adds only W2 and b2, C L + H L,
+    and Wq's gradient sums both uses. (Their second layer is shared by the heads
+    and has no bias; here it stays per head with a bias, as in ``dense``.)
     """
 
     kind = "dense"
+    options = ("dense_from_query",)
+
+    def __init__(self, C, H, L, options):
+        super().__init__(C, H, L, options)
+        self.from_query = options.get("dense_from_query", False)
+        if not isinstance(self.from_query, bool):
+            raise TypeError(f"dense_from_query must be True or False, got {self.from_query!r}")
 
     def shapes(self):
         C, H, L = self.C, self.H, self.L
-        return {"W1": (C, C), "b1": (C,), "W2": (H, self.hs, L), "b2": (H, L)}
+        first = {} if self.from_query else {"W1": (C, C), "b1": (C,)}
+        return {**first, "W2": (H, self.hs, L), "b2": (H, L)}
+
+    def aliases(self):
+        return {"W1": ("vanilla", "Wq"), "b1": ("vanilla", "bq")} if self.from_query else {}
 
     def forward(self, p, x):
         T = x.shape[1]
@@ -305,10 +336,25 @@ class Random(Component):
     """Random Synthesizer: S[b,h] = R[h,:T,:T], R (H,L,L) trainable, shared across the batch.
 
     Parameters: R (H,L,L): H L^2 (per head L^2). Its gradient sums over the batch.
+    Option ``init_std``: R starts as N(0, init_std^2) instead of Xavier-uniform
+    (about +-sqrt(3/L), near-uniform attention); 0 gives exactly uniform attention
+    over the visible positions, 1 a sharp random alignment.
     """
 
     kind = "random"
     shared = True
+    options = ("init_std",)
+
+    def __init__(self, C, H, L, options):
+        super().__init__(C, H, L, options)
+        self.init_std = options.get("init_std")
+        if self.init_std is not None:
+            self.init_std = check_real("init_std", self.init_std, low=0.0)
+
+    def initial(self, name, shape, rng, dtype):
+        if name == "R" and self.init_std is not None:
+            return (rng.standard_normal(shape) * self.init_std).astype(dtype)
+        return super().initial(name, shape, rng, dtype)
 
     def shapes(self):
         return {"R": (self.H, self.L, self.L)}
@@ -428,8 +474,16 @@ def _make_components(parts, C, H, L, options):
     if unknown:
         raise ValueError(
             f"unknown option(s) {sorted(unknown)} for attention {'+'.join(parts)!r}; "
-            "factorized_dense takes 'factors', factorized_random takes 'k'"
+            "factorized_dense takes 'factors', factorized_random takes 'k', random and "
+            "random_fixed take 'init_std', dense takes 'dense_from_query'"
         )
+    for comp in comps:
+        for kind, _ in comp.aliases().values():
+            if kind not in parts:
+                raise ValueError(
+                    f"{comp.kind} with these options uses {kind}'s parameters, but the "
+                    f"attention {'+'.join(parts)!r} has no {kind} component (e.g. 'dense+vanilla')"
+                )
     return comps
 
 
@@ -502,7 +556,15 @@ class Attention:
         """The component's parameters and buffers under their local names."""
         p = {n: self.params[prefix + n] for n in comp.shapes()}
         p.update({n: self.buffers[prefix + n] for n in comp.buffer_shapes()})
+        p.update({n: self.params[self._full_name(comp, n, prefix)] for n in comp.aliases()})
         return p
+
+    def _full_name(self, comp, local, prefix):
+        """The key in ``params`` of a component's local parameter (another's, if aliased)."""
+        if local in comp.aliases():
+            kind, name = comp.aliases()[local]
+            return self.prefixes[self.parts.index(kind)] + name
+        return prefix + local
 
     def _check_input(self, x):
         check_float_array("x", x, ndim=3)
@@ -585,7 +647,9 @@ class Attention:
             dx_n, g = comp.backward(dS_n, cache.component_caches[n])
             if dx_n is not None:
                 dx = dx + dx_n
-            grads.update({prefix + name: a for name, a in g.items()})
+            for name, a in g.items():  # a parameter used twice (an alias) sums both gradients
+                full = self._full_name(comp, name, prefix)
+                grads[full] = grads[full] + a if full in grads else a
         return dx, grads
 
     # ------------------------------------------------------------ decoding

@@ -379,6 +379,13 @@ def _add_train_options(tr):
         "(default: %(default)s)",
     )
     option(
+        "--synthetic-lr-scale",
+        type=_positive_float,
+        default=1.0,
+        help="multiplies the learning rate of the Random kinds' synthetic logits R, R1, R2, "
+        "which Adam otherwise moves by at most about --lr per step (default: %(default)s)",
+    )
+    option(
         "--eval-interval",
         type=_positive_int,
         default=250,

@@ -35,9 +35,11 @@ from ._validate import (
     check_same_keys,
 )
 
+# The synthetic logits of the Random kinds: each entry is a logit of its own.
+SYNTHETIC_LOGIT_NAMES = frozenset({"R", "R1", "R2"})
 # Last name component of parameters never decayed by default: embeddings, and attention
 # logits that no input multiplies (mixture weights, Random and factorized-Random R).
-NO_DECAY_NAMES = frozenset({"wte", "wpe", "alpha", "R", "R1", "R2"})
+NO_DECAY_NAMES = frozenset({"wte", "wpe", "alpha"}) | SYNTHETIC_LOGIT_NAMES
 
 
 def _check_hparams(lr, beta1, beta2, eps, weight_decay):
@@ -90,6 +92,17 @@ def default_decay_filter(name, array):
     return array.ndim >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
 
 
+def synthetic_logits_lr_scale(scale):
+    """An ``lr_scale`` for :class:`AdamW`: ``scale`` for R, R1, R2 and 1 for the rest.
+
+    Adam moves each entry of R by about the learning rate per step, and each entry
+    is a logit of its own, so a short run leaves R close to its initialisation;
+    a larger learning rate for these parameters alone lets it travel further.
+    """
+    scale = check_real("synthetic lr scale", scale, low=0.0, low_open=True)
+    return lambda name, array: scale if name.rsplit(".", 1)[-1] in SYNTHETIC_LOGIT_NAMES else 1.0
+
+
 class AdamW:
     """AdamW over a dict of named parameter arrays, updated in place.
 
@@ -108,6 +121,10 @@ class AdamW:
         Decoupled decay coefficient applied to arrays selected by ``decay_filter``.
     decay_filter : callable(name, array) -> bool, optional
         Which parameters are decayed; :func:`default_decay_filter` if ``None``.
+    lr_scale : callable(name, array) -> float, optional
+        A positive multiplier of the learning rate per parameter (a parameter
+        group's rate); 1 for every parameter if ``None``. See
+        :func:`synthetic_logits_lr_scale`.
 
     Attributes
     ----------
@@ -117,6 +134,8 @@ class AdamW:
         Number of steps taken.
     decay : dict[str, bool]
         Whether each parameter is decayed (the filter is evaluated once, here).
+    lr_scale : dict[str, float]
+        Each parameter's learning-rate multiplier (evaluated once, here).
     """
 
     def __init__(
@@ -127,6 +146,7 @@ class AdamW:
         eps=1e-8,
         weight_decay=0.1,
         decay_filter: Callable[[str, np.ndarray], bool] | None = None,
+        lr_scale: Callable[[str, np.ndarray], float] | None = None,
     ):
         check_array_dict("params", params)
         for name, p in params.items():
@@ -146,6 +166,16 @@ class AdamW:
             )
         self.params = dict(params)  # a new dict holding the model's own arrays
         self.decay = {name: bool(decay_filter(name, p)) for name, p in self.params.items()}
+        if lr_scale is not None and not callable(lr_scale):
+            raise TypeError(
+                f"lr_scale must be callable(name, array) -> float, got {type(lr_scale).__name__}"
+            )
+        self.lr_scale = {
+            name: 1.0
+            if lr_scale is None
+            else check_real(f"lr_scale({name!r})", lr_scale(name, p), low=0.0, low_open=True)
+            for name, p in self.params.items()
+        }
         self.m = {name: np.zeros_like(p) for name, p in self.params.items()}
         self.v = {name: np.zeros_like(p) for name, p in self.params.items()}
         self.t = 0
@@ -178,7 +208,7 @@ class AdamW:
             wd = self.weight_decay if self.decay[name] else 0.0
             adamw_update(
                 p, grads[name], self.m[name], self.v[name],
-                lr, self.beta1, self.beta2, self.eps, wd, self.t,
+                lr * self.lr_scale[name], self.beta1, self.beta2, self.eps, wd, self.t,
             )  # fmt: skip
 
     def state_dict(self):

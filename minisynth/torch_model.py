@@ -40,6 +40,7 @@ and of the cross-check of minisynth's hand-written gradients
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -149,6 +150,7 @@ class SelfAttention(nn.Module):
         comps = attention.components(config.attention, C, H, L, **config.attention_options)
         self.H = H
         self.kinds = [comp.kind for comp in comps]
+        self.aliases = {comp.kind: comp.aliases() for comp in comps}  # dense_from_query
         self.mixture = len(comps) > 1
         self.Wv = nn.Parameter(torch.empty(C, C))
         self.bv = nn.Parameter(torch.zeros(C))
@@ -168,7 +170,13 @@ class SelfAttention(nn.Module):
         self.register_buffer("causal", torch.ones(L, L, dtype=torch.bool).tril(), persistent=False)
 
     def holder(self, kind):
-        return getattr(self, kind) if self.mixture else self
+        """The module holding a component's parameters (with any it borrows, by local name)."""
+        own = getattr(self, kind) if self.mixture else self
+        if not self.aliases[kind]:
+            return own
+        borrowed = {local: getattr(self.holder(other), name)
+                    for local, (other, name) in self.aliases[kind].items()}  # fmt: skip
+        return SimpleNamespace(**dict(own.named_parameters(recurse=False)), **borrowed)
 
     def forward(self, x):
         B, T, C = x.shape
@@ -220,9 +228,12 @@ class SynthesizerTorch(nn.Module):
     @torch.no_grad()
     def reset_parameters(self):
         """minisynth's initialisation rules (see the module docstring)."""
+        r_std = self.config.attention_options.get("init_std")  # random kinds' option
         for name, tensor in self.state_dict(keep_vars=True).items():
             leaf = name.rsplit(".", 1)[-1]
-            if name in ("wte", "wpe"):
+            if leaf == "R" and r_std is not None:
+                tensor.normal_(0.0, r_std)
+            elif name in ("wte", "wpe"):
                 tensor.normal_(0.0, EMBEDDING_STD)
             elif leaf == "g":
                 tensor.fill_(1.0)
@@ -305,22 +316,27 @@ class SynthesizerTorch(nn.Module):
 
 # --------------------------------------------------------------------- training
 def make_adamw(model, *, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
-               decay_filter=None, **torch_options):  # fmt: skip
-    """``torch.optim.AdamW`` with minisynth's decay groups and defaults.
+               decay_filter=None, lr_scale=None, **torch_options):  # fmt: skip
+    """``torch.optim.AdamW`` with minisynth's parameter groups and defaults.
 
-    ``decay_filter(name, array)`` decides per contract name, exactly as in
-    :class:`minisynth.optim.AdamW` (:func:`~minisynth.optim.default_decay_filter`
-    if None). ``torch_options`` (``foreach``, ``fused``) pass through to torch.
+    ``decay_filter(name, array)`` and ``lr_scale(name, array)`` decide per contract
+    name, exactly as in :class:`minisynth.optim.AdamW`; each group records its
+    ``lr_scale``, which :func:`train_step` applies. ``torch_options`` (``foreach``,
+    ``fused``) pass through to torch.
     """
     decay_filter = default_decay_filter if decay_filter is None else decay_filter
-    decayed, plain = [], []
+    groups = {}
     for name, param in model.named_parameters():
-        # the filter looks at ndim and the name only
-        (decayed if decay_filter(name, np.empty((0,) * param.ndim)) else plain).append(param)
-    groups = [{"params": decayed, "weight_decay": weight_decay},
-              {"params": plain, "weight_decay": 0.0}]  # fmt: skip
-    groups = [g for g in groups if g["params"]]  # torch rejects an empty group
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **torch_options)
+        like = np.empty((0,) * param.ndim)  # the filters look at ndim and the name only
+        decay = bool(decay_filter(name, like))
+        scale = 1.0 if lr_scale is None else float(lr_scale(name, like))
+        groups.setdefault((decay, scale), []).append(param)
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+          "lr": lr * scale, "lr_scale": scale}
+         for (decay, scale), params in groups.items()],
+        lr=lr, betas=tuple(betas), eps=eps, **torch_options,
+    )  # fmt: skip
 
 
 def adamw_like(model, ms_optimizer, **torch_options):
@@ -332,6 +348,7 @@ def adamw_like(model, ms_optimizer, **torch_options):
         eps=ms_optimizer.eps,
         weight_decay=ms_optimizer.weight_decay,
         decay_filter=lambda name, array: ms_optimizer.decay[name],
+        lr_scale=lambda name, array: ms_optimizer.lr_scale[name],
         **torch_options,
     )
 
@@ -339,13 +356,13 @@ def adamw_like(model, ms_optimizer, **torch_options):
 def train_step(model, optimizer, idx, targets, *, lr=None, max_norm=1.0):
     """One step as :func:`minisynth.train.train` takes it: loss, backward, clip, AdamW.
 
-    ``lr`` (if given) is set on every group for this step; ``max_norm <= 0`` skips
+    ``lr`` (if given) times each group's ``lr_scale`` is set for this step; ``max_norm <= 0`` skips
     clipping. ``torch.nn.utils.clip_grad_norm_`` scales by ``max_norm / (norm + 1e-6)``
     clamped to 1, as :func:`minisynth.optim.clip_grad_norm` does. Returns the loss.
     """
     if lr is not None:
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
     optimizer.zero_grad(set_to_none=True)
     _, loss = model(idx, targets)
     loss.backward()

@@ -33,7 +33,7 @@ from . import fast, layers
 from .data import canonical_data_spec, data_fingerprint, get_batch, iter_eval_windows, load_data
 from .fast import get_backend, use_backend
 from .model import SynthesizerLM
-from .optim import AdamW, clip_grad_norm, lr_schedule
+from .optim import AdamW, clip_grad_norm, lr_schedule, synthetic_logits_lr_scale
 
 LN2 = math.log(2.0)
 CHECKPOINT_NAME = ckpt.CHECKPOINT_NAME
@@ -52,6 +52,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    synthetic_lr_scale: float = 1.0  # multiplies the learning rate of R, R1, R2
     eval_interval: int = 250
     log_interval: int = 10
     seed: int = 0
@@ -65,6 +66,11 @@ class TrainConfig:
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
             raise ValueError(
                 f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps!r}"
+            )
+        if not (isinstance(self.synthetic_lr_scale, (int, float)) and self.synthetic_lr_scale > 0
+                and math.isfinite(self.synthetic_lr_scale)):  # fmt: skip
+            raise ValueError(
+                f"synthetic_lr_scale must be a positive number, got {self.synthetic_lr_scale!r}"
             )
         for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
@@ -288,15 +294,20 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
         stale.unlink(missing_ok=True)
+    if not resume:
+        model = SynthesizerLM(model_config, seed=tc.seed)
+    optimizer = AdamW(
+        model.params,
+        lr=tc.lr,
+        weight_decay=tc.weight_decay,
+        lr_scale=synthetic_logits_lr_scale(tc.synthetic_lr_scale),
+    )
     if resume:
-        optimizer = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
         optimizer.load_state_dict(ckpt.optimizer_state(data))
         rng = ckpt.restore_rng(data)
         _trim_metrics(metrics_path, start)
         log(f"resuming {ckpt_path} at step {start} of {tc.steps}")
     else:
-        model = SynthesizerLM(model_config, seed=tc.seed)
-        optimizer = AdamW(model.params, lr=tc.lr, weight_decay=tc.weight_decay)
         rng = np.random.default_rng(tc.seed)
         start = 0
         ckpt_path.unlink(missing_ok=True)

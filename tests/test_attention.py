@@ -38,11 +38,14 @@ def randomise(layer, rng, scale=1.0):
 def keep_relu_away_from_kink(layer, x, margin=0.05):
     """Shift the dense hidden bias b1 so that no pre-activation x @ W1 + b1 lies within
     ``margin`` of ReLU's kink at 0 (finite differences across a kink are meaningless).
-    Zero is moved into the widest gap of each column's sorted values (or past them)."""
-    for name in layer.params:
-        if not name.endswith("b1"):
-            continue
-        W1, b1 = layer.params[name[:-2] + "W1"], layer.params[name]
+    Zero is moved into the widest gap of each column's sorted values (or past them).
+    With ``dense_from_query`` the hidden layer is vanilla's query projection."""
+    pairs = [(n[:-2] + "W1", n) for n in layer.params if n.endswith("b1")]
+    dense = [c for c in layer.components if c.kind == "dense"]
+    if dense and dense[0].from_query:
+        pairs.append(("vanilla.Wq", "vanilla.bq"))
+    for w_name, b_name in pairs:
+        W1, b1 = layer.params[w_name], layer.params[b_name]
         pre = (x @ W1 + b1).reshape(-1, W1.shape[1])  # (N, C)
         for c in range(pre.shape[1]):
             v = np.sort(pre[:, c])
@@ -64,9 +67,31 @@ def keep_relu_away_from_kink(layer, x, margin=0.05):
     seed=seeds,
 )
 def test_attention_gradients(kind, causal, B, H, hs, L, data, seed):
+    check_gradients(kind, causal, B, H, hs, L, data, seed)
+
+
+# the options of issue 18's controls: R's initial scale, the authors' dense+vanilla
+OPTION_CASES = [
+    ("dense+vanilla", {"dense_from_query": True}),
+    ("dense+random+vanilla", {"dense_from_query": True, "init_std": 0.5}),
+    ("random", {"init_std": 1.0}),
+    ("random_fixed+vanilla", {"init_std": 0.0}),
+]
+
+
+@pytest.mark.parametrize(("kind", "options"), OPTION_CASES, ids=[k for k, _ in OPTION_CASES])
+@given(B=st.integers(1, 2), H=st.integers(1, 2), hs=st.integers(1, 3), L=st.integers(1, 6),
+       data=st.data(), seed=seeds)  # fmt: skip
+def test_attention_gradients_with_options(kind, options, B, H, hs, L, data, seed):
+    check_gradients(kind, True, B, H, hs, L, data, seed, **options)
+
+
+def check_gradients(kind, causal, B, H, hs, L, data, seed, **options):
     T = data.draw(st.integers(1, L), label="T")
     rng = np.random.default_rng(seed)
-    layer = attention.build(kind, H * hs, H, L, causal=causal, seed=seed % 1000, dtype=np.float64)
+    layer = attention.build(
+        kind, H * hs, H, L, causal=causal, seed=seed % 1000, dtype=np.float64, **options
+    )
     randomise(layer, rng)
     x = uniform(rng, (B, T, H * hs))
     keep_relu_away_from_kink(layer, x)
@@ -308,3 +333,44 @@ def test_bad_configurations_are_named():
     with pytest.raises(TypeError, match="float32 or float64"):
         attention.build("random", 8, 2, 4, dtype=np.int32)
     assert math.isfinite(attention.count_params("factorized_dense", 8, 2, 16, factors=(4, 4)))
+
+
+def test_init_std_sets_the_scale_of_R_and_zero_means_uniform_attention():
+    sharp = attention.build("random", 8, 2, 64, init_std=1.0, seed=0)
+    assert sharp.params["R"].std() == pytest.approx(1.0, rel=0.05)
+    default = attention.build("random", 8, 2, 64, seed=0)
+    assert np.abs(default.params["R"]).max() <= math.sqrt(6 / 128)  # Xavier: near-uniform
+    flat = attention.build("random_fixed", 8, 2, 6, init_std=0.0, dtype=np.float64)
+    assert not flat.buffers["R"].any()
+    _, cache = flat.forward(np.random.default_rng(0).standard_normal((1, 6, 8)))
+    expected = np.tril(np.ones((6, 6))) / np.arange(1, 7)[:, None]  # 1/(i+1) on j <= i
+    np.testing.assert_allclose(cache.probs[0, 0], expected, atol=1e-15)
+    with pytest.raises(ValueError, match="init_std must be >= 0"):
+        attention.build("random", 8, 2, 4, init_std=-1.0)
+
+
+def test_dense_from_query_reuses_the_query_projection():
+    C, H, L = 8, 2, 6
+    layer = attention.build("dense+vanilla", C, H, L, dense_from_query=True, dtype=np.float64)
+    own = attention.build("dense+vanilla", C, H, L, dtype=np.float64)
+    assert "dense.W1" not in layer.params and "dense.b1" not in layer.params
+    assert (
+        sum(a.size for a in own.params.values()) - sum(a.size for a in layer.params.values())
+        == C * C + C
+    )
+    assert attention.count_params("dense+vanilla", C, H, L, dense_from_query=True) == sum(
+        a.size for a in layer.params.values()
+    )
+    rng = np.random.default_rng(1)
+    randomise(layer, rng)
+    x = rng.standard_normal((2, 5, C))
+    _, cache = layer.forward(x)
+    p = layer.params
+    hid = np.maximum(x @ p["vanilla.Wq"] + p["vanilla.bq"], 0)  # relu(q), (B,T,C)
+    hid = hid.reshape(2, 5, H, C // H).transpose(0, 2, 1, 3)  # (B,H,T,hs)
+    want = hid @ p["dense.W2"][:, :, :5] + p["dense.b2"][:, None, :5]  # (B,H,T,T)
+    np.testing.assert_allclose(cache.logits[0], want, atol=1e-12)
+    with pytest.raises(ValueError, match="has no vanilla component"):
+        attention.build("dense", C, H, L, dense_from_query=True)
+    with pytest.raises(TypeError, match="True or False"):
+        attention.build("dense+vanilla", C, H, L, dense_from_query="yes")

@@ -342,3 +342,30 @@ def test_schedule_warmup_equals_total():
 def test_schedule_rejects_bad_arguments(step, kw, exc):
     with pytest.raises(exc):
         lr_schedule(step, **kw)
+
+
+def test_lr_scale_multiplies_the_step_of_the_synthetic_logits_only():
+    from minisynth.optim import synthetic_logits_lr_scale
+
+    rng = np.random.default_rng(0)
+    params = {"blocks.0.attn.R": rng.standard_normal((2, 4, 4)),
+              "blocks.0.attn.R1": rng.standard_normal((2, 4, 3)),
+              "blocks.0.attn.Wv": rng.standard_normal((4, 4))}  # fmt: skip
+    before = {n: p.copy() for n, p in params.items()}
+    grads = {n: rng.standard_normal(p.shape) for n, p in params.items()}
+    opt = AdamW(params, lr=1e-3, weight_decay=0.0, lr_scale=synthetic_logits_lr_scale(10))
+    assert opt.lr_scale == {"blocks.0.attn.R": 10.0, "blocks.0.attn.R1": 10.0,
+                            "blocks.0.attn.Wv": 1.0}  # fmt: skip
+    opt.step(grads)
+    # Adam's first step moves every entry by lr * sign(g) (up to eps)
+    for name, scale in opt.lr_scale.items():
+        moved = np.abs(params[name] - before[name])
+        np.testing.assert_allclose(moved, 1e-3 * scale, rtol=1e-4)
+
+
+def test_lr_scale_is_checked():
+    params = {"w": np.zeros((2, 2))}
+    with pytest.raises(TypeError, match="lr_scale must be callable"):
+        AdamW(params, lr_scale=3.0)
+    with pytest.raises(ValueError, match=r"lr_scale\('w'\) must be > 0"):
+        AdamW(params, lr_scale=lambda name, array: 0.0)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce.py"
-KINDS = ["vanilla", "random_fixed", "dense+vanilla"]
+KINDS = ["vanilla", "random_fixed", "dense+vanilla", "uniform", "random_fixed_sharp",
+         "dense+vanilla_shared_q", "random_lr10", "random", "dense"]  # fmt: skip
 SEEDS = ["0", "1"]
 
 
@@ -32,7 +33,9 @@ def sweep(tmp_path, *extra, kinds=KINDS, seeds=SEEDS):
 def table_rows(report):
     """kind -> (val mean, val sd, test mean, test sd) parsed from the report's table."""
     rows = {}
-    pattern = r"^\| ([a-z_+]+) \| [\d,]+ \| [\d,]+ \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|"
+    pattern = (
+        r"^\| ([a-z_+0-9]+) \| [\d,]+ \| [\d,]+ \| ([\d.]+) ± ([\d.]+) \| ([\d.]+) ± ([\d.]+) \|"
+    )
     for line in report.splitlines():
         m = re.match(pattern, line)
         if m:
@@ -79,7 +82,69 @@ def test_report_numbers_are_the_runs_numbers(finished_sweep):
         entropy = np.mean([h["entropy_nats"] for h in model["heads"]])
         assert f"| {model['attention']} | {entropy:.2f} |" in report
     assert "Command: `python benchmarks/reproduce.py --smoke" in report
-    assert re.search(r"Timings: minisynth commit \S+, numba backend", report)
+    assert re.search(
+        r"Run timings \(the runs' own wall time\): minisynth commit\(s\) \S+, numba", report
+    )
+
+
+def runs_of(out, name):
+    paths = sorted((out / "runs").glob(f"{name.replace('+', '_plus_')}-seed*/result.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def test_the_p_values_are_welch_tests_on_the_runs(finished_sweep):
+    from scipy import stats
+
+    tmp_path, out = finished_sweep
+    report = (tmp_path / "RESULTS.md").read_text()
+    for a, b in [
+        ("dense+vanilla", "vanilla"),
+        ("random_fixed", "uniform"),
+        ("random_lr10", "random"),
+    ]:
+        cells = []
+        for split in ("val", "test"):
+            x = [r[f"{split}_bpc"] for r in runs_of(out, a)]
+            y = [r[f"{split}_bpc"] for r in runs_of(out, b)]
+            p = stats.ttest_ind(y, x, equal_var=False).pvalue
+            cells += [f"{np.mean(y) - np.mean(x):+.3f}", "< 0.001" if p < 0.001 else f"{p:.3f}"]
+        assert f"| {a} | {b} | " in report and " | ".join(cells) in report, (a, b)
+    assert "are not independent tests" in report
+
+
+def test_controls_carry_their_options_and_mixtures_their_weights(finished_sweep):
+    tmp_path, out = finished_sweep
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert {r["attention_options"]["init_std"] for r in runs_of(out, "uniform")} == {0.0}
+    assert {r["synthetic_lr_scale"] for r in runs_of(out, "random_lr10")} == {10.0}
+    shared = runs_of(out, "dense+vanilla_shared_q")[0]
+    assert shared["params"] < runs_of(out, "dense+vanilla")[0]["params"]
+    for r in runs_of(out, "dense+vanilla") + runs_of(out, "dense+vanilla_shared_q"):
+        for layer, heads in enumerate(r["mixture_weights"]):
+            cells = " | ".join(f"dense {d:.2f} · vanilla {v:.2f}" for d, v in heads)
+            assert f"| {r['variant']} | {r['seed']} | {layer} | {cells} |" in report
+            assert np.allclose(np.sum(heads, axis=1), 1.0)
+    stats = json.loads((out / "figures" / "controls" / "stats.json").read_text())
+    assert [m["name"] for m in stats["models"]] == [
+        "uniform-seed0", "random_fixed-seed0", "random_fixed_sharp-seed0"
+    ]  # fmt: skip
+    uniform = stats["models"][0]
+    entropy = np.mean([h["entropy_nats"] for h in uniform["heads"]])
+    assert f"{entropy:.2f} for `uniform`" in report
+
+
+def test_the_timing_pass_fills_todays_column(finished_sweep, tmp_path):
+    src_tmp, out = finished_sweep
+    shutil.copytree(out, tmp_path / "results")
+    proc, _ = sweep(tmp_path, "--timings")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    timings = json.loads((tmp_path / "results" / "figures" / "timings.json").read_text())
+    report = (tmp_path / "RESULTS.md").read_text()
+    for line in report.splitlines():
+        m = re.match(r"^\| ([a-z_+0-9]+) \| [\d,]+ \| .* \| ([\d,]+) \|$", line)
+        if m and m.group(1) in timings["tokens_per_s"]:
+            assert m.group(2) == f"{timings['tokens_per_s'][m.group(1)]:,.0f}"
+    assert "Today's timings (`python benchmarks/reproduce.py --timings`" in report
 
 
 def test_a_rerun_skips_finished_runs_and_resumes_from_checkpoints(finished_sweep, tmp_path):

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 from minisynth import ModelConfig, SynthesizerLM, fast, use_backend  # noqa: E402
 from minisynth.gradcheck import rel_error  # noqa: E402
-from minisynth.optim import AdamW, clip_grad_norm  # noqa: E402
+from minisynth.optim import AdamW, clip_grad_norm, synthetic_logits_lr_scale  # noqa: E402
 from minisynth.torch_model import SynthesizerTorch, adamw_like, train_step  # noqa: E402
 
 KINDS = [
@@ -35,11 +35,20 @@ ZERO_GRAD = 1e-12  # float64 gradients below this norm are rounding noise (loss 
 V, B, T = 11, 3, 6  # T < max_len, so the unused rows/columns of wpe, R, W2 ... are exercised
 
 
-def tiny_model(kind, dtype, seed=1):
+# issue 18's options: the authors' dense+vanilla, R's initial scale
+OPTION_CASES = [
+    ("dense+vanilla", {"dense_from_query": True}),
+    ("dense+random+vanilla", {"dense_from_query": True, "init_std": 1.0}),
+    ("random_fixed", {"init_std": 0.0}),
+]
+
+
+def tiny_model(kind, dtype, seed=1, **options):
     """A tiny model moved off its init (zero biases, unit gains, equal mixture weights)."""
     config = ModelConfig(
-        vocab_size=V, d_model=8, n_heads=2, n_layers=2, max_len=8, attention=kind
-    )  # max_len 8 gives factorized_dense the factors (2, 4)
+        vocab_size=V, d_model=8, n_heads=2, n_layers=2, max_len=8, attention=kind,
+        attention_options=options,
+    )  # max_len 8 gives factorized_dense the factors (2, 4)  # fmt: skip
     model = SynthesizerLM(config, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)
     for p in list(model.params.values()) + list(model.buffers.values()):
@@ -61,7 +70,16 @@ def _one_thread():
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_loss_and_every_gradient_match_torch_autograd(kind, backend):
-    model, idx, targets = tiny_model(kind, np.float64)
+    check_against_autograd(kind, backend)
+
+
+@pytest.mark.parametrize(("kind", "options"), OPTION_CASES, ids=[k for k, _ in OPTION_CASES])
+def test_options_match_torch_autograd(kind, options):
+    check_against_autograd(kind, "numba", **options)
+
+
+def check_against_autograd(kind, backend, **options):
+    model, idx, targets = tiny_model(kind, np.float64, **options)
     tmodel = SynthesizerTorch.from_minisynth(model)
     with use_backend(backend):
         loss, grads = fast.loss_and_grads(model, idx, targets)  # numba: the batch in shards
@@ -87,17 +105,24 @@ def test_float32_loss_matches_torch(kind):
     assert model.loss(idx, targets) == pytest.approx(tmodel.loss(idx, targets), rel=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["dense+vanilla", "random", "factorized_random"])
-def test_clip_and_adamw_steps_match_torch(kind):
+@pytest.mark.parametrize(
+    ("kind", "synthetic_scale"),
+    [("dense+vanilla", 1.0), ("random", 10.0), ("factorized_random+vanilla", 10.0)],
+)
+def test_clip_and_adamw_steps_match_torch(kind, synthetic_scale):
     """Three steps of loss, backward, clip and AdamW land on the same weights in both."""
     model, idx, targets = tiny_model(kind, np.float64)
     tmodel = SynthesizerTorch.from_minisynth(model)
-    opt = AdamW(model.params, lr=1e-2, weight_decay=0.1)
+    scale = synthetic_logits_lr_scale(synthetic_scale)
+    opt = AdamW(model.params, lr=1e-2, weight_decay=0.1, lr_scale=scale)
     topt = adamw_like(tmodel, opt)
-    # the groups must be minisynth's: alpha, embeddings and 1-D arrays undecayed
-    decayed = {id(p) for p in topt.param_groups[0]["params"]}
+    # the groups must be minisynth's: alpha, embeddings and 1-D arrays undecayed; R, R1,
+    # R2 at their own learning rate
+    group_of = {id(p): g for g in topt.param_groups for p in g["params"]}
     for name, param in tmodel.named_parameters():
-        assert (id(param) in decayed) == opt.decay[name], name
+        group = group_of[id(param)]
+        assert (group["weight_decay"] > 0) == opt.decay[name], name
+        assert group["lr_scale"] == opt.lr_scale[name], name
     for step, max_norm in enumerate([0.05, 100.0, 0.05]):  # clipping both engaged and idle
         lr = 1e-2 / (step + 1)
         loss, grads = model.loss_and_grads(idx, targets)

@@ -147,6 +147,31 @@ def test_bad_train_configs():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-3, min_lr=1e-2)
+    with pytest.raises(ValueError, match="synthetic_lr_scale"):
+        TrainConfig(synthetic_lr_scale=0)
+
+
+def test_synthetic_lr_scale_moves_R_further_and_resumes_exactly(tmp_path):
+    mc = ModelConfig(attention="random", **TINY)
+    quiet = dict(progress=False, log=lambda *a: None)
+    start = initial_R(mc)
+    travelled = {}
+    for scale in (1.0, 10.0):
+        tc = tiny_train_config(synthetic_lr_scale=scale)
+        train(mc, tc, tmp_path / f"x{scale}", **quiet)
+        model, _ = load_checkpoint(tmp_path / f"x{scale}")
+        travelled[scale] = np.abs(model.params["blocks.0.attn.R"] - start).max()
+    assert travelled[10.0] > 5 * travelled[1.0]
+    tc = tiny_train_config(synthetic_lr_scale=10.0)
+    train(mc, tc, tmp_path / "part", stop_after=5, **quiet)
+    train(mc, tc, tmp_path / "part", resume=True, **quiet)
+    assert losses(tmp_path / "part") == losses(tmp_path / "x10.0")
+
+
+def initial_R(mc):
+    from minisynth import SynthesizerLM
+
+    return SynthesizerLM(mc, seed=0).params["blocks.0.attn.R"].copy()  # train()'s seed 0
 
 
 def test_max_len_the_data_cannot_fill(tmp_path):
