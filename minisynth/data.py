@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in notebooks, a text bar in terminals
 
 from ._validate import check_positive_int
 

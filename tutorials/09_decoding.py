@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent,ipynb
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 # %% [markdown]
 # # 09 · Incremental decoding, and what each kind must remember
 #
