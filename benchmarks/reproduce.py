@@ -553,7 +553,9 @@ def findings(table, rows, out, tokens, steps):
     lines.append(
         "**Where the miniature disagrees.** "
         + (
-            f"Of the clear gaps, {len(disagree)} reverse the paper's order: the paper has "
+            f"Of the clear gaps, {len(disagree)} "
+            + ("reverses" if len(disagree) == 1 else "reverse")
+            + " the paper's order: the paper has "
             + "; ".join(f"`{a}` better than `{b}`" for a, b in disagree)
             + ", the miniature the opposite."
             if disagree
@@ -650,7 +652,9 @@ def random_budget_finding(table, out, steps):
         gd, pd = welch(table, "dense", "random_lr10", "val")
         text += (
             f" With 10x the learning rate for R, validation BPC changes by {gv:+.3f} "
-            f"(p {fmt_p(pv)}) and ends {gd:+.3f} from `dense` (p {fmt_p(pd)})."
+            f"(p {fmt_p(pv)}), and `random_lr10` minus `dense` is {gd:+.3f} BPC (p "
+            f"{fmt_p(pd)}; negative = Random is better): within this budget, how far R can "
+            "travel decides much of the gap between Random and Dense."
         )
     return [text, ""]
 

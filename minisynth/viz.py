@@ -11,7 +11,9 @@ Pure functions (arrays in, numbers or written paths out):
   distance, mass on the diagonal and on the previous token;
 * :func:`js_divergence` -- mean Jensen-Shannon divergence of two sets of maps;
 * :func:`plot_attention_grid`, :func:`plot_compare`, :func:`plot_alpha`,
-  :func:`plot_curves` -- each writes one figure and returns its path.
+  :func:`plot_curves`, :func:`plot_two_inputs` -- each writes one figure and returns
+  its path; :func:`two_inputs_figure` and :func:`stats_bars_figure` return the
+  figure itself.
 
 Checkpoint-level helpers (:func:`plot_checkpoint`, :func:`compare_checkpoints`,
 :func:`curves_for_runs`) glue these to models and run directories; the
@@ -19,7 +21,8 @@ Checkpoint-level helpers (:func:`plot_checkpoint`, :func:`compare_checkpoints`,
 
 Figure sizes are whole multiples of a quarter inch, so at :data:`DPI` (a
 multiple of 4) a PNG is exactly ``figsize * DPI`` pixels; :func:`grid_figsize`,
-:func:`alpha_figsize` and :data:`CURVES_FIGSIZE` give the sizes used.
+:func:`alpha_figsize`, :func:`two_inputs_figsize` and :data:`CURVES_FIGSIZE` give the
+sizes used.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -473,6 +477,263 @@ def plot_compare(maps, path, *, labels, tokens=None, title=None, scale="sqrt"):
     sub = _input_line(T, toks)
     fig.suptitle(f"{heading}\n{sub}", fontsize=10)
     return _save(fig, path)
+
+
+def two_inputs_figsize(n_models, T):
+    """(width, height) in inches of :func:`two_inputs_figure`: ``n_models`` rows of T x T maps."""
+    for name, v in (("n_models", n_models), ("T", T)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    panel = _panel_inches(T)
+    # every panel has its own row labels (the columns hold different texts), two colour bars
+    width = 0.5 + 3 * (panel + 0.6) + 1.6
+    height = 1.0 + n_models * (panel + 0.45) + 0.7
+    return _quarter(width), _quarter(height)
+
+
+def two_inputs_figure(
+    maps_a, maps_b, *, labels, tokens_a, tokens_b, marked_rows=None, title=None, scale="sqrt"
+):
+    """One row per model: its map on input A, its map on input B, and ``|A - B|``.
+
+    Shows what an attention map depends on: an input-independent map (``random``)
+    gives an all-zero difference, a map that follows the content changes wherever
+    the text does. ``maps_a``, ``maps_b``: lists with one (T,T) map per model (for
+    example one layer averaged over heads, ``maps.mean(axis=0)``), all with the same
+    T. ``labels``: one name per model. ``tokens_a``, ``tokens_b``: the two inputs of
+    T bytes each, the tick labels of the A and B columns. ``marked_rows``: optional
+    list with, per model, None or a (T,) bool mask of query rows to mark with a green
+    triangle beside the difference panel. The two maps share one colour scale
+    (``scale``: 'sqrt' or 'linear'); the difference has its own (sqrt, so small
+    changes stay visible). Returns the :class:`~matplotlib.figure.Figure`, not saved
+    (see :func:`plot_two_inputs`).
+    """
+    for name, maps in (("maps_a", maps_a), ("maps_b", maps_b)):
+        if not isinstance(maps, (list, tuple)) or not maps:
+            raise TypeError(f"{name} must be a non-empty list of (T,T) maps, one per model")
+    if len(maps_a) != len(maps_b):
+        raise ValueError(
+            f"maps_a and maps_b must hold one map per model each, got {len(maps_a)} and "
+            f"{len(maps_b)}"
+        )
+    n = len(maps_a)
+    hint = " (average a layer over its heads first: maps.mean(axis=0))"
+    try:
+        A = [_as_probs(f"maps_a[{k}]", m, (2,)) for k, m in enumerate(maps_a)]  # n x (T,T)
+        B = [_as_probs(f"maps_b[{k}]", m, (2,)) for k, m in enumerate(maps_b)]  # n x (T,T)
+    except ValueError as e:
+        raise ValueError(str(e) + (hint if "dimensions" in str(e) else "")) from None
+    Ts = {m.shape[-1] for m in A + B}
+    if len(Ts) != 1:
+        raise ValueError(
+            f"every map must have the same T (inputs of equal length), got {sorted(Ts)}"
+        )
+    T = Ts.pop()
+    if (
+        not isinstance(labels, (list, tuple))
+        or len(labels) != n
+        or not all(isinstance(lab, str) for lab in labels)
+    ):
+        raise ValueError(f"labels must be a list of {n} strings, one per model")
+    if tokens_a is None or tokens_b is None:
+        raise ValueError("tokens_a and tokens_b are required: the A and B columns are labelled")
+    toks_a = _check_tokens_len(tokens_a, T)  # (T,)
+    toks_b = _check_tokens_len(tokens_b, T)  # (T,)
+    if marked_rows is None:
+        marked_rows = [None] * n
+    if not isinstance(marked_rows, (list, tuple)) or len(marked_rows) != n:
+        raise ValueError(f"marked_rows must be a list of {n} entries (None or a (T,) bool mask)")
+    marks = []
+    for k, rows in enumerate(marked_rows):
+        if rows is None:
+            marks.append(np.zeros(T, dtype=bool))
+            continue
+        rows = np.asarray(rows)
+        if rows.dtype != bool or rows.shape != (T,):
+            raise ValueError(
+                f"marked_rows[{k}] must be None or a bool mask of shape ({T},), "
+                f"got {rows.dtype} {rows.shape}"
+            )
+        marks.append(rows)
+    _check_scale(scale)
+
+    diffs = [np.abs(a - b) for a, b in zip(A, B, strict=True)]  # n x (T,T)
+    vmax = max(float(m.max()) for m in A + B)
+    diff_max = max(float(d.max()) for d in diffs)
+    if scale == "sqrt":
+        map_norm = mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
+    else:
+        map_norm = mcolors.Normalize(vmin=0.0, vmax=vmax)
+    # identical inputs or input-independent maps only: an all-zero difference still draws
+    diff_norm = mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=max(diff_max, 1e-6))
+    # masked (future) positions are drawn white: not allowed is not "zero attention"
+    map_cmap = matplotlib.colormaps[CMAP].with_extremes(bad="white")
+    diff_cmap = matplotlib.colormaps["magma"].with_extremes(bad="white")
+    hidden = (
+        np.triu(np.ones((T, T), dtype=bool), k=1)  # (T,T) the future, if every map is causal
+        if _is_causal(A + B)
+        else np.zeros((T, T), dtype=bool)
+    )
+    labelled = T <= MAX_TICK_LABELS
+    columns = [  # (maps, tick labels, column title, colour map, norm)
+        (A, byte_labels(toks_a) if labelled else None, "input A", map_cmap, map_norm),
+        (B, byte_labels(toks_b) if labelled else None, "input B", map_cmap, map_norm),
+        (diffs, [str(i) for i in range(T)] if labelled else None, "|A - B|", diff_cmap, diff_norm),
+    ]
+    label_size = min(8.0, max(6.0, 0.75 * 72 * _panel_inches(T) / T))
+
+    fig = Figure(figsize=two_inputs_figsize(n, T), layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False)
+    images = [None, None, None]
+    for r in range(n):
+        for c, (maps, ticks, heading, cmap, norm) in enumerate(columns):
+            ax = axes[r, c]
+            images[c] = ax.imshow(
+                np.ma.masked_array(maps[r], hidden), cmap=cmap, norm=norm, interpolation="nearest"
+            )
+            ax.set_title(f"{labels[r]}: {heading}", fontsize=9)
+            bottom = r == n - 1  # x labels once per column: every row shows the same input
+            if ticks is not None:  # y labels on every panel: each column has its own text
+                ax.set_yticks(np.arange(T), ticks, fontsize=label_size)
+                rotate = 90 if any(len(s) > 1 for s in ticks) else 0
+                ax.set_xticks(
+                    np.arange(T), ticks if bottom else [], fontsize=label_size, rotation=rotate
+                )
+                ax.tick_params(length=1.5, pad=1)
+            else:
+                ax.tick_params(labelsize=7)
+                if not bottom:
+                    ax.set_xticks([])
+            if c == 0:
+                ax.set_ylabel(f"{labels[r]}\nquery position i", fontsize=9)
+            if c == 2 and marks[r].any():  # triangles just right of the map, pointing at rows
+                for i in np.flatnonzero(marks[r]):
+                    ax.plot(T - 0.5 + 0.7, i, marker="<", color="tab:green", ms=4, clip_on=False)
+                ax.set_xlim(-0.5, T - 0.5)  # the markers sit outside the map, not inside it
+    fig.colorbar(
+        images[0],
+        ax=axes[:, :2].ravel().tolist(),
+        location="right",
+        shrink=min(0.9, 1.8 / n),  # about two panels tall, however many rows
+        aspect=30,
+        label="attention probability" + (" (sqrt scale)" if scale == "sqrt" else ""),
+    )
+    # ticks inside the scale that still label small changes: 0, 5%, 25%, 100% of the largest
+    diff_ticks = np.unique(np.floor(diff_max * np.array([0.0, 0.05, 0.25, 1.0]) * 1e3) / 1e3)
+    fig.colorbar(
+        images[2],
+        ax=axes[:, 2].tolist(),
+        location="right",
+        shrink=min(0.9, 1.8 / n),
+        aspect=30,
+        ticks=diff_ticks,
+        label="|difference| (sqrt scale)",
+    )
+    fig.supxlabel("key position j (attended to)", fontsize=9)
+    heading = title or f"{n} model{'s' if n > 1 else ''} on two inputs, and the difference"
+    sub = f'A: "{_short_repr(_decode(toks_a))}"   B: "{_short_repr(_decode(toks_b))}"'
+    fig.suptitle(f"{heading}\n{sub}", fontsize=10)
+    return fig
+
+
+def plot_two_inputs(maps_a, maps_b, path, **kwargs):
+    """:func:`two_inputs_figure` (same arguments) written to ``path`` (.png, .svg or .pdf).
+
+    Returns the Path; nothing is written if an argument is invalid.
+    """
+    fig = two_inputs_figure(maps_a, maps_b, **kwargs)  # checks every argument first
+    return _save(fig, _out_path(path))
+
+
+STATS_BARS_COLS = 3  # panels per row of stats_bars_figure
+
+
+def stats_bars_figure(
+    stats, *, labels, reference=None, reference_label="reference", titles=None, title=None
+):
+    """Bar charts of per-head statistics: one panel per statistic, one bar group per
+    model, one bar per head, and the reference value (e.g. the uniform map's) dashed.
+
+    ``stats``: a list with one dict per model mapping a statistic's name to its
+    per-head values, shape (H,) (an :func:`attention_stats` dict, possibly with
+    extra keys of your own; head counts may differ between models). Every dict
+    must hold the keys of the first, which set the panels and their order.
+    ``labels``: one name per model. ``reference``: optional dict name -> float,
+    drawn as a dashed line named ``reference_label`` in the legend.
+    ``titles``: optional dict name -> panel title (default: the name and, for the
+    keys of :data:`STAT_UNITS`, its meaning). The last panel holds the legend.
+    Returns the :class:`~matplotlib.figure.Figure`, not saved.
+    """
+    if not isinstance(stats, (list, tuple)) or not stats:
+        raise TypeError("stats must be a non-empty list of dicts, one per model")
+    if not all(isinstance(d, dict) and d for d in stats):
+        raise TypeError("every entry of stats must be a non-empty dict: name -> (H,) values")
+    if (
+        not isinstance(labels, (list, tuple))
+        or len(labels) != len(stats)
+        or not all(isinstance(lab, str) for lab in labels)
+    ):
+        raise ValueError(f"labels must be a list of {len(stats)} strings, one per model")
+    keys = list(stats[0])
+    values = []  # per model: dict name -> (H_m,) float64
+    for m, d in enumerate(stats):
+        missing = [k for k in keys if k not in d]
+        if missing:
+            raise ValueError(f"stats[{m}] ({labels[m]}) lacks {missing}; every model needs {keys}")
+        row = {k: np.asarray(d[k], dtype=np.float64) for k in keys}  # (H_m,) each
+        heads = {v.shape for v in row.values()}
+        if len(heads) != 1 or len(next(iter(heads))) != 1 or not next(iter(heads))[0]:
+            raise ValueError(
+                f"stats[{m}] ({labels[m]}) must hold 1-D per-head arrays of one length, "
+                f"got shapes { {k: v.shape for k, v in row.items()} }"
+            )
+        values.append(row)
+    reference = {} if reference is None else reference
+    titles = {} if titles is None else titles
+    if not isinstance(reference, dict) or not isinstance(titles, dict):
+        raise TypeError("reference and titles must be dicts keyed by statistic name")
+    unknown = (set(reference) | set(titles)) - set(keys)
+    if unknown:
+        raise ValueError(f"reference or titles name statistics not in stats: {sorted(unknown)}")
+
+    n_models = len(values)
+    H = max(len(v[keys[0]]) for v in values)  # the most heads of any model
+    n_rows = math.ceil((len(keys) + 1) / STATS_BARS_COLS)  # one more panel: the legend
+    # a panel fits a title line of 64 characters, and a quarter inch per bar
+    width = 0.9 + STATS_BARS_COLS * max(4.5, 0.5 + 0.25 * n_models * H)
+    fig = Figure(figsize=(_quarter(width), _quarter(1.0 + 3.0 * n_rows)), layout="constrained")
+    axes = fig.subplots(n_rows, STATS_BARS_COLS, squeeze=False).ravel()
+    bar = 0.8 / H
+    x = np.arange(n_models)
+    colours = matplotlib.colormaps["tab10"].colors
+    for ax, key in zip(axes, keys, strict=False):
+        for h in range(H):
+            has = [k for k in range(n_models) if h < len(values[k][key])]  # models with head h
+            ax.bar(
+                x[has] + (h - (H - 1) / 2) * bar,
+                [values[k][key][h] for k in has],
+                bar,
+                label=f"head {h}",
+                color=colours[h % len(colours)],
+            )
+        if key in reference:
+            ax.axhline(float(reference[key]), color="0.3", ls="--", lw=1, label=reference_label)
+        ax.set_xticks(x, labels, fontsize=8)
+        default = f"{key}: {STAT_UNITS[key].split(' (')[0]}" if key in STAT_UNITS else key
+        ax.set_title("\n".join(textwrap.wrap(titles.get(key, default), 64)), fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(keys) :]:
+        ax.set_axis_off()
+    legend = {}  # name -> handle, in order: the reference line (if any), then the heads
+    for ax in axes[: len(keys)]:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    if reference_label in legend:
+        legend = {reference_label: legend.pop(reference_label), **legend}
+    axes[-1].legend(list(legend.values()), list(legend), loc="center", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
 
 
 # ------------------------------------------------------------------------- mixture weights

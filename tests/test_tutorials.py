@@ -81,4 +81,8 @@ def test_tutorial_is_percent_format(path):
     markers = [line for line in lines if line.startswith("# %%")]
     assert any(m.startswith("# %% [markdown]") for m in markers), "no markdown cell"
     assert any(m.rstrip() == "# %%" for m in markers), "no code cell"
-    assert lines[0].startswith("# %%"), "the file should start with a cell marker"
+    # the jupytext header (format and kernel), then the first cell
+    assert lines[0] == "# ---" and "#   kernelspec:" in lines, "no jupytext header with a kernel"
+    end = lines.index("# ---", 1)
+    first = next(line for line in lines[end + 1 :] if line.strip())
+    assert first.startswith("# %%"), "the first cell should follow the header"

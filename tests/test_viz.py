@@ -254,6 +254,123 @@ def test_plot_validation(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing written on bad input
 
 
+def test_two_inputs_figure(tmp_path):
+    T = 6
+    fixed = uniform_causal(T)  # an input-independent map: the same on A and B
+    follows = previous_token(T)  # (T,T)
+    maps_a = [fixed, follows, np.eye(T)]
+    maps_b = [fixed, uniform_causal(T), np.eye(T)]
+    marked = np.array([True, False, True, False, False, True])
+    kwargs = dict(
+        labels=["fixed", "follows", "diagonal"],
+        tokens_a=b"a cat.",
+        tokens_b=b"a dog.",
+        marked_rows=[None, marked, None],
+    )
+    fig = viz.two_inputs_figure(maps_a, maps_b, **kwargs)
+    panels = [ax for ax in fig.axes if ax.images and ax.get_title()]
+    assert len(panels) == 3 * 3  # A, B and |A - B| for each of the three models
+    assert len(fig.axes) == 3 * 3 + 2  # and one colour bar for the maps, one for the difference
+    titles = [ax.get_title() for ax in panels]
+    assert titles[:3] == ["fixed: input A", "fixed: input B", "fixed: |A - B|"]
+    # the difference panels hold |A - B|: zero for the fixed map, the change for the other
+    np.testing.assert_array_equal(panels[2].images[0].get_array().filled(0), 0.0)
+    np.testing.assert_allclose(
+        panels[5].images[0].get_array().filled(0), np.tril(np.abs(follows - uniform_causal(T)))
+    )
+    # the A and B columns are labelled with their own text
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == viz.byte_labels(b"a cat.")
+    assert [t.get_text() for t in panels[1].get_yticklabels()] == viz.byte_labels(b"a dog.")
+    # one triangle per marked row, beside the difference panel of that model only
+    assert [len(ax.lines) for ax in panels] == [0, 0, 0, 0, 0, int(marked.sum()), 0, 0, 0]
+    assert [line.get_ydata()[0] for line in panels[5].lines] == np.flatnonzero(marked).tolist()
+
+    path = viz.plot_two_inputs(maps_a, maps_b, tmp_path / "two.png", **kwargs)
+    assert path == tmp_path / "two.png"
+    assert_png(path, viz.two_inputs_figsize(3, T))
+    pdf = viz.plot_two_inputs(
+        maps_a[:1],
+        maps_b[:1],
+        tmp_path / "one.pdf",
+        **{**kwargs, "labels": ["fixed"], "marked_rows": None},
+    )
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_two_inputs_rejects_bad_input(tmp_path):
+    T = 4
+    P = uniform_causal(T)
+    ok = dict(labels=["m"], tokens_a=b"abcd", tokens_b=b"abce")
+    bad = [
+        (
+            ([P[None]], [P[None]], ok),
+            ValueError,
+            "mean\\(axis=0\\)",
+        ),  # (H,T,T): average heads first
+        (([P], [uniform_causal(5)], ok), ValueError, "same T"),
+        (([P, P], [P], {**ok, "labels": ["a", "b"]}), ValueError, "one map per model"),
+        (([P], [P], {**ok, "labels": ["a", "b"]}), ValueError, "labels"),
+        (([P], [P], {**ok, "tokens_b": b"abc"}), ValueError, "tokens"),
+        (([P], [P], {**ok, "tokens_a": None}), ValueError, "required"),
+        (([P], [P], {**ok, "marked_rows": [np.ones(3, bool)]}), ValueError, "marked_rows"),
+        (([P], [P], {**ok, "marked_rows": [np.ones(T)]}), ValueError, "bool"),
+        (([P], [P], {**ok, "scale": "log"}), ValueError, "scale"),
+        (([P], [np.ones((T, T))], ok), ValueError, "sum"),  # not a map
+        ((P, P, ok), TypeError, "list"),
+    ]
+    for (a, b, kwargs), err, match in bad:
+        with pytest.raises(err, match=match):
+            viz.plot_two_inputs(a, b, tmp_path / "x.png", **kwargs)
+    with pytest.raises(ValueError, match="format"):
+        viz.plot_two_inputs([P], [P], tmp_path / "x.jpg", **ok)
+    assert not list(tmp_path.iterdir())  # nothing written on bad input
+
+
+def test_stats_bars_figure(tmp_path):
+    T = 5
+    first = viz.attention_stats(np.stack([uniform_causal(T), previous_token(T)]))  # 2 heads
+    second = viz.attention_stats(np.eye(T)[None])  # 1 head
+    stats = [{**first, "extra": np.array([0.1, 0.2])}, {**second, "extra": np.array([0.3])}]
+    fig = viz.stats_bars_figure(
+        stats,
+        labels=["two heads", "one head"],
+        reference={"diagonal": 0.5},
+        reference_label="uniform",
+        titles={"extra": "my statistic"},
+        title="bars",
+    )
+    axes = fig.axes
+    assert len(axes) == 6  # five statistics and the legend panel, three per row
+    assert [ax.get_title() for ax in axes[:5]] == [
+        "entropy_nats: mean row entropy in nats",
+        "distance: mean over rows of the expected |i - j| in positions",
+        "diagonal: mean attention mass on j = i",
+        "previous: mean attention mass on j = i - 1, over rows i >= 1",
+        "my statistic",
+    ]
+    # one bar per head of each model: 2 + 1, with the given heights
+    diagonal = sorted(p.get_height() for p in axes[2].patches)
+    np.testing.assert_allclose(diagonal, sorted([*first["diagonal"], *second["diagonal"]]))
+    assert [len(ax.patches) for ax in axes[:5]] == [3] * 5
+    assert [len(ax.lines) for ax in axes[:5]] == [0, 0, 1, 0, 0]  # the one reference line
+    legend = [t.get_text() for t in axes[5].get_legend().get_texts()]
+    assert legend == ["uniform", "head 0", "head 1"]
+    path = tmp_path / "bars.png"
+    fig.savefig(path, dpi=viz.DPI)
+    assert_png(path, tuple(fig.get_size_inches()))
+
+    with pytest.raises(ValueError, match="lacks"):
+        viz.stats_bars_figure([first, {"entropy_nats": np.ones(2)}], labels=["a", "b"])
+    with pytest.raises(ValueError, match="labels"):
+        viz.stats_bars_figure([first], labels=["a", "b"])
+    with pytest.raises(ValueError, match="1-D"):
+        viz.stats_bars_figure([{"x": np.ones((2, 2))}], labels=["a"])
+    with pytest.raises(ValueError, match="not in stats"):
+        viz.stats_bars_figure([first], labels=["a"], reference={"spaces": 0.1})
+    with pytest.raises(TypeError):
+        viz.stats_bars_figure([], labels=[])
+
+
 # ------------------------------------------------------------------------------------ CLI
 def test_cli_plot_mixture(runs, tmp_path, capsys):
     out = tmp_path / "plots"

@@ -17,7 +17,8 @@
 # The Dense Synthesizer keeps one thing from dot-product attention, namely that
 # the weights depend on the input, but drops the comparison between tokens.
 # Token $i$ alone goes through a small two-layer MLP whose output is a whole
-# row of logits, one per key position $j$:
+# row of logits, one per key position $j = 0, \dots, L-1$ (positions are
+# counted from 0, as everywhere in minisynth):
 #
 # $$S_{i,:} = \mathrm{relu}(x_i W_1 + b_1)\, W_2 + b_2 \in \mathbb{R}^{L},\qquad
 #   P = \mathrm{softmax}(\mathrm{mask}(S_{:, :T})) .$$
@@ -245,22 +246,34 @@ def finite_difference_errors(lay, x, dy):
 print(f"smallest |pre-activation|: {np.abs(pre).min():.1e}  (finite-difference step h = 1e-3)")
 errors_before = finite_difference_errors(layer, x, dy)
 print({name: f"{e:.0e}" for name, e in errors_before.items()})
+before_relu = ("x", "W1", "b1")  # the arrays whose perturbation moves a pre-activation
+worst_relu = max(errors_before[name] for name in before_relu)
+others = max(e for name, e in errors_before.items() if name not in before_relu)
+print(
+    f"this draw: worst of dx, dW1, db1 = {worst_relu:.0e}, worst of the rest = {others:.0e}:",
+    "the kink spoils the check"
+    if worst_relu > 1e3 * others
+    else "no unit is close enough to its kink",
+)
 
 # %% [markdown]
-# Depending on the random draw, `dW1` and `db1` may come out far worse than
-# the rest (errors of 1e-4 to 1e-2 instead of 1e-12). The backward pass is not
-# wrong: ReLU has a kink at 0. The five-point rule evaluates the function at
-# $\pm h$ and $\pm 2h$ with $h = 10^{-3}$; if a pre-activation sits within
-# about $2h$ of zero (scaled by whatever multiplies the perturbed entry), some
-# of those evaluations are on the other side of the kink and the difference
-# quotient mixes two slopes. With many hidden units, some unit usually lands
-# that close.
+# Look at `dx`, `dW1` and `db1`, the gradients that pass through the ReLU
+# (the last line above gives the verdict for this draw). Depending on the
+# random draw they can come out far worse than the rest (errors of 1e-4 to
+# 1e-2 instead of about 1e-12), although the backward pass is not wrong: ReLU
+# has a kink at 0. The five-point rule evaluates the function at $\pm h$ and
+# $\pm 2h$ with $h = 10^{-3}$; if a pre-activation sits within about $2h$ of
+# zero (scaled by whatever multiplies the perturbed entry), some of those
+# evaluations are on the other side of the kink and the difference quotient
+# mixes two slopes. The more pre-activations (hidden units times positions),
+# the likelier one of them lands that close.
 #
-# The fix is to move the inputs of the check, not the tolerance: we shift each
-# hidden unit's bias $b_1[c]$ so that zero falls in the middle of the widest
-# gap between that unit's pre-activations. Then no pre-activation is near the
-# kink, and both slopes of every unit that has a gap inside its range are still
-# exercised. (Any parameter values are fine for a gradient check.)
+# Whether or not this draw was hit, the fix is to move the inputs of the
+# check, not the tolerance: we shift each hidden unit's bias $b_1[c]$ so that
+# zero falls in the middle of the widest gap between that unit's
+# pre-activations. Then no pre-activation is near the kink, and both slopes of
+# every unit that has a gap inside its range are still exercised. (Any
+# parameter values are fine for a gradient check.)
 
 
 # %%
@@ -286,7 +299,7 @@ assert max(errors_after.values()) < 1e-7
 # has no idea which columns will be masked. The mask sets those logits to
 # $-\infty$ before the softmax, so $P_{ij} = 0$ for $j > i$, and
 # $y_i = \sum_{j \le i} P_{ij} v_j$ never reads a later value. Row $i$'s own
-# logits depend only on $x_i$. Hence **$y_i$ depends on $x_1..x_i$ only**, which
+# logits depend only on $x_i$. Hence **$y_i$ depends on $x_0, \dots, x_i$ only**, which
 # is what lets a language model be trained on all positions in parallel.
 #
 # Numerical demonstration: change the token at position $t_0$ and see which
@@ -303,11 +316,16 @@ print(f"max |change| in y[:, {t0}:] (t0 and after):", np.abs(y_future[:, t0:] - 
 assert np.abs(y_future[:, :t0] - y[:, :t0]).max() < 1e-12  # no path at all (prints 0.0)
 
 # %% [markdown]
-# The backward pass tells the same story for all pairs at once. Put an
-# upstream gradient on output position $i$ only; `layer.backward` returns
-# $dx$, and $\|dx_j\|$ measures how much $y_i$ depends on $x_j$. Doing this for
-# every $i$ gives a T x T dependency matrix: lower triangular when causal, full
-# for a bidirectional layer (`causal=False`) built from the same parameters.
+# The backward pass tells the same story for all pairs at once. Put a random
+# upstream gradient $g$ (length C) on output position $i$ only; `layer.backward`
+# returns the vector-Jacobian product $dx_j = g^\top \partial y_i / \partial x_j$
+# for every input position $j$, and its norm $\lVert g^\top \partial y_i / \partial x_j
+# \rVert$ measures how much $y_i$ depends on $x_j$ (one random direction $g$
+# instead of the whole C x C Jacobian: it is zero exactly when the Jacobian is,
+# unless $g$ happens to be orthogonal to all of its columns, which has
+# probability 0). Doing this for every $i$ gives a T x T dependency matrix:
+# lower triangular when causal, full for a bidirectional layer (`causal=False`)
+# built from the same parameters.
 
 
 # %%
@@ -316,8 +334,8 @@ def dependency_matrix(lay, x):
     M = np.zeros((T, T))
     for i in range(T):
         dy_i = np.zeros((1, T, C))
-        dy_i[0, i] = rng.standard_normal(C)
-        dx_i, _ = lay.backward(dy_i, c)
+        dy_i[0, i] = rng.standard_normal(C)  # g: a random upstream gradient on y_i alone
+        dx_i, _ = lay.backward(dy_i, c)  # dx_i[0, j] = g^T dy_i/dx_j
         M[i] = np.linalg.norm(dx_i[0], axis=-1)  # (T,) one entry per input position j
     return M
 
@@ -327,15 +345,20 @@ for name, a in layer.params.items():
     bidirectional.params[name][...] = a  # the very same weights
 M_causal = dependency_matrix(layer, x)
 M_bidir = dependency_matrix(bidirectional, x)
-print("causal: dy_i/dx_j = 0 for every j > i:", not np.triu(M_causal, k=1).any())
-print("bidirectional: nonzero above the diagonal:", np.count_nonzero(np.triu(M_bidir, k=1)))
+print("causal: g^T dy_i/dx_j = 0 for every j > i:", not np.triu(M_causal, k=1).any())
+print(
+    "causal=False: nonzero above the diagonal:",
+    np.count_nonzero(np.triu(M_bidir, k=1)),
+    "of",
+    T * (T - 1) // 2,
+)
 
 # %% [markdown]
 # ## 5. Picture
 #
 # Left: one head's causal attention map for the first sequence. Middle and
-# right: the dependency matrices $\|\partial y_i / \partial x_j\|$ (log color
-# scale; white means exactly zero).
+# right: the dependency matrices $\lVert g^\top \partial y_i / \partial x_j \rVert$
+# (log color scale; white means exactly zero).
 
 # %%
 fig = Figure(figsize=(15, 4.6), layout="constrained")
@@ -349,8 +372,8 @@ vmin = min(M_causal[M_causal > 0].min(), M_bidir[M_bidir > 0].min())
 vmax = max(M_causal.max(), M_bidir.max())
 for ax, M, title in ((axes[1], M_causal, "causal"), (axes[2], M_bidir, "causal=False")):
     im = ax.imshow(np.where(M > 0, M, np.nan), cmap="magma", norm="log", vmin=vmin, vmax=vmax)
-    ax.set(title=f"|dy_i / dx_j|, {title}", xlabel="input position j", ylabel="output position i")
-fig.colorbar(im, ax=axes[1:], shrink=0.8, label="norm of dx_j (log scale)")
+    ax.set(title=f"|g^T dy_i/dx_j|, {title}", xlabel="input position j", ylabel="output position i")
+fig.colorbar(im, ax=axes[1:], shrink=0.8, label="norm of dx_j, one random g (log scale)")
 for ax in axes:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))

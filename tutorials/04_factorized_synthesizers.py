@@ -19,22 +19,27 @@
 # factorized forms that keep the idea but not the bill:
 #
 # * **factorized dense**: each token emits two short vectors, $A$ of length $a$
-#   and $B$ of length $b$ with $a\,b = L$, and the row of L logits is built by
-#   *tiling* $A$ and *repeating* $B$:
-#   $\mathrm{full}[j] = A[j \bmod a] \cdot B[j \,\mathrm{div}\, a]$;
+#   and $\tilde B$ of length $b$ with $a\,b = L$, and the row of L logits is
+#   built by *tiling* $A$ and *repeating* $\tilde B$:
+#   $\mathrm{full}[j] = A[j \bmod a] \cdot \tilde B[j \,\mathrm{div}\, a]$;
 # * **factorized random**: $R = R_1 R_2^\top$ with $R_1, R_2$ of shape (L, k),
 #   a rank-k matrix of logits ($k = 8$ in the paper).
 #
 # We build both by hand, derive and check their backward passes, then count
 # parameters of every kind with `attention.count_params` next to the formulas
-# in `minisynth/attention.py` and Table 1 of the paper, and save the table as
-# Markdown and CSV plus a bar chart.
+# in `minisynth/attention.py` and Table 1 of the paper, and save the table (as
+# Markdown) and a bar chart.
+#
+# Notation: as in `minisynth/attention.py`, the factor lengths are $a$ and $b$.
+# The letter B stays the batch size, so the second factor vector is
+# $\tilde B$ (`Bf` in the code and the printouts), and the examples of a
+# batch are numbered by $n$.
+# Positions are counted from 0.
 #
 # Run as a script or as a notebook (jupytext); `MINISYNTH_TUTORIAL_TINY=1` for a
 # quick run; files go to `tutorials/output/` or `$MINISYNTH_TUTORIAL_OUT`.
 
 # %%
-import csv
 import os
 from pathlib import Path
 
@@ -62,55 +67,61 @@ print(f"C={C}, H={H}, L={L}, B={B}, T={T}, k={K}, tiny={TINY}")
 # ## 1. Tile and repeat
 #
 # With $a = 3$ and $b = 4$ (so $L = 12$): tiling repeats the whole vector $A$
-# $b$ times, repeating repeats each entry of $B$ $a$ times, and the row of
-# logits is their elementwise product. Read as a b x a matrix (row $q$, column
-# $r$, $j = q a + r$) the row is the outer product $B A^\top$, a rank-1 block
-# pattern: entries in the same block of $a$ share a factor of $B$, entries $a$
-# apart share a factor of $A$. That is why the paper composes the two rather
-# than using one of them alone.
+# $b$ times, repeating repeats each entry of $\tilde B$ $a$ times, and the row
+# of logits is their elementwise product.
+#
+# Either one alone could not tell the positions apart: $\mathrm{tile}(A)$
+# gives the same logit to positions $a$ apart, $\mathrm{repeat}(\tilde B)$ the
+# same logit to the $a$ positions of a block. In the product, position $j = q a + r$ ($0 \le r < a$,
+# $0 \le q < b$) is the only one that gets the pair $(A[r], \tilde B[q])$, so
+# $a + b$ numbers per token set all $L = a b$ logits (the counts below show
+# how many distinct values each row has). The price: read as a b x a matrix
+# (row $q$, column $r$) the row is the outer product $\tilde B A^\top$, which
+# has rank 1.
 
 # %%
 a_demo, b_demo = 3, 4
-A_demo = np.array([1.0, 2.0, 3.0])
-B_demo = np.array([10.0, 20.0, 30.0, 40.0])
-print("tile(A, b)  :", np.tile(A_demo, b_demo))
-print("repeat(B, a):", np.repeat(B_demo, a_demo))
-full_demo = np.tile(A_demo, b_demo) * np.repeat(B_demo, a_demo)
-print("full        :", full_demo)
+A_demo = np.array([1, 2, 3])  # integers, to keep the printout short
+Bf_demo = np.array([1, 10, 100, 1000])
+tiled, repeated = np.tile(A_demo, b_demo), np.repeat(Bf_demo, a_demo)
+full_demo = tiled * repeated
+for name, row in (("tile(A, b)", tiled), ("repeat(Bf, a)", repeated), ("full", full_demo)):
+    print(f"{name:14s}: {row}  ({np.unique(row).size} distinct of {row.size})")
 print(
-    "full as a (b, a) matrix equals the outer product B A^T:",
-    np.array_equal(full_demo.reshape(b_demo, a_demo), np.outer(B_demo, A_demo)),
+    "full as a (b, a) matrix equals the outer product Bf A^T:",
+    np.array_equal(full_demo.reshape(b_demo, a_demo), np.outer(Bf_demo, A_demo)),
 )
 
 # %% [markdown]
 # ### Its backward pass
 #
 # Given $d\mathrm{full}$ (length L), reshape it to $dF$ of shape (b, a). Since
-# $F_{qr} = B_q A_r$, each $A_r$ appears in column $r$ and each $B_q$ in row $q$:
+# $F_{qr} = \tilde B_q A_r$, each $A_r$ appears in column $r$ and each
+# $\tilde B_q$ in row $q$:
 #
-# $$dA_r = \sum_q dF_{qr}\, B_q, \qquad dB_q = \sum_r dF_{qr}\, A_r .$$
+# $$dA_r = \sum_q dF_{qr}\, \tilde B_q, \qquad d\tilde B_q = \sum_r dF_{qr}\, A_r .$$
 #
 # The tiled vector collects its gradient from all $b$ copies, the repeated one
 # from all $a$ copies. Checked against central differences:
 
 
 # %%
-def tile_repeat(A, Bv):
-    return np.tile(A, Bv.size) * np.repeat(Bv, A.size)
+def tile_repeat(A, Bf):
+    return np.tile(A, Bf.size) * np.repeat(Bf, A.size)
 
 
-def tile_repeat_backward(dfull, A, Bv):
-    dF = dfull.reshape(Bv.size, A.size)  # (b, a)
-    return dF.T @ Bv, dF @ A  # dA (a,), dB (b,)
+def tile_repeat_backward(dfull, A, Bf):
+    dF = dfull.reshape(Bf.size, A.size)  # (b, a)
+    return dF.T @ Bf, dF @ A  # dA (a,), dBf (b,)
 
 
-A_t, B_t = rng.standard_normal(a_demo), rng.standard_normal(b_demo)
+A_t, Bf_t = rng.standard_normal(a_demo), rng.standard_normal(b_demo)
 dfull = rng.standard_normal(a_demo * b_demo)
-dA, dB = tile_repeat_backward(dfull, A_t, B_t)
-err_A = rel_error(dA, numerical_gradient_array(lambda: tile_repeat(A_t, B_t), A_t, dfull))
-err_B = rel_error(dB, numerical_gradient_array(lambda: tile_repeat(A_t, B_t), B_t, dfull))
-print(f"dA rel_error = {err_A:.1e}, dB rel_error = {err_B:.1e}")
-assert max(err_A, err_B) < 1e-9
+dA, dBf = tile_repeat_backward(dfull, A_t, Bf_t)
+err_A = rel_error(dA, numerical_gradient_array(lambda: tile_repeat(A_t, Bf_t), A_t, dfull))
+err_Bf = rel_error(dBf, numerical_gradient_array(lambda: tile_repeat(A_t, Bf_t), Bf_t, dfull))
+print(f"dA rel_error = {err_A:.1e}, dBf rel_error = {err_Bf:.1e}")
+assert max(err_A, err_Bf) < 1e-9
 
 # %% [markdown]
 # ## 2. The factorized dense layer
@@ -119,7 +130,7 @@ assert max(err_A, err_B) < 1e-9
 # through the same hidden layer as the Dense Synthesizer,
 # $\mathrm{hid} = \mathrm{relu}(x W_1 + b_1)$ split into heads, then head $h$
 # computes $A = \mathrm{hid}\,W_a[h] + b_a[h]$ (length a) and
-# $B = \mathrm{hid}\,W_b[h] + b_b[h]$ (length b). The option `factors=(a, b)`
+# $\tilde B = \mathrm{hid}\,W_b[h] + b_b[h]$ (length b). The option `factors=(a, b)`
 # must multiply to L; by default `attention.default_factors(L)` picks the
 # largest divisor $a \le \sqrt{L}$.
 
@@ -144,7 +155,7 @@ hs = C // H
 hid = np.maximum(x @ p["W1"] + p["b1"], 0).reshape(B, T, H, hs).transpose(0, 2, 1, 3)
 A = hid @ p["Wa"][None] + p["ba"][None, :, None, :]  # (B, H, T, a)
 Bf = hid @ p["Wb"][None] + p["bb"][None, :, None, :]  # (B, H, T, b)
-full = np.tile(A, b) * np.repeat(Bf, a, axis=-1)  # (B, H, T, L): tile A, repeat B
+full = np.tile(A, b) * np.repeat(Bf, a, axis=-1)  # (B, H, T, L): tile A, repeat Bf
 S = full[..., :T]  # only T keys exist
 Sm = np.where(np.tril(np.ones((T, T), dtype=bool)), S, -np.inf)  # causal mask
 P = np.exp(Sm - Sm.max(axis=-1, keepdims=True))
@@ -155,10 +166,11 @@ assert rel_error(P, cache.probs) < 1e-13
 # %% [markdown]
 # The backward pass of the layer chains three pieces we already know: the
 # attention core gives $dS$; padding it with zeros to length L gives
-# $d\mathrm{full}$; tile/repeat gives $dA$, $dB$; and then the two small linear
-# maps give $dW_a = \sum_{b,t} \mathrm{hid}^\top dA$ (per head),
-# $db_a = \sum_{b,t} dA$, the same for $W_b$, $b_b$, and
-# $d\mathrm{hid} = dA\, W_a^\top + dB\, W_b^\top$, which continues into the ReLU
+# $d\mathrm{full}$; tile/repeat gives $dA$, $d\tilde B$; and then the two small
+# linear maps give, per head, $dW_a = \sum_{n,t} \mathrm{hid}_{n,t}^\top\, dA_{n,t}$
+# and $db_a = \sum_{n,t} dA_{n,t}$ (summed over examples $n$ and positions $t$),
+# the same for $W_b$, $b_b$ with $d\tilde B$, and
+# $d\mathrm{hid} = dA\, W_a^\top + d\tilde B\, W_b^\top$, which continues into the ReLU
 # hidden layer exactly as in tutorial 03. We check the layer's gradients of
 # the factor weights against finite differences (the ReLU part and its kink
 # were the subject of tutorial 03).
@@ -178,10 +190,11 @@ assert max(fd_errors.values()) < 1e-7
 #
 # $S = (R_1 R_2^\top)_{:T,:T}$ per head, shared across the batch like R in
 # tutorial 02. Its rank is at most k, which we can see in the singular values.
-# The backward pass is the matrix-product rule plus the batch sum:
+# The backward pass is the matrix-product rule plus the sum over the examples
+# $n$ of the batch:
 #
-# $$dR_1[:T] = \Big(\sum_b dS_b\Big) R_2[:T], \qquad
-#   dR_2[:T] = \Big(\sum_b dS_b\Big)^\top R_1[:T],$$
+# $$dR_1[:T] = \Big(\sum_{n=0}^{B-1} dS_n\Big) R_2[:T], \qquad
+#   dR_2[:T] = \Big(\sum_{n=0}^{B-1} dS_n\Big)^\top R_1[:T],$$
 #
 # and rows $\ge T$ get zero gradient.
 
@@ -212,7 +225,7 @@ assert max(fr_errors.values()) < 1e-7
 # %% [markdown]
 # ## 4. Picture: tile/repeat and low rank
 #
-# Left: for one token of head 0, the tiled $A$, the repeated $B$ and their
+# Left: for one token of head 0, the tiled $A$, the repeated $\tilde B$ and their
 # product (the row of L logits). Middle: the resulting causal attention map.
 # Right: singular values of the logit matrix of a factorized random head
 # (rank k) against those of a full Random head.
@@ -224,14 +237,14 @@ tok = T - 1
 rows = np.stack([np.tile(A[0, 0, tok], b), np.repeat(Bf[0, 0, tok], a), full[0, 0, tok]])  # (3, L)
 lim = np.abs(rows).max()
 im = ax1.imshow(rows, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-ax1.set_yticks([0, 1, 2], [f"tile(A), a={a}", f"repeat(B), b={b}", "product"])
+ax1.set_yticks([0, 1, 2], [f"tile(A), a={a}", f"repeat(Bf), b={b}", "product"])
 ax1.set(title=f"one token's row of L={L} logits (head 0)", xlabel="key position j")
 for j in range(a, L, a):  # block boundaries of the repeated factor
     ax1.axvline(j - 0.5, color="k", lw=0.5)
 fig.colorbar(im, ax=ax1, shrink=0.8)
 P_show = np.where(np.tril(np.ones((T, T), dtype=bool)), cache.probs[0, 0], np.nan)
 im = ax2.imshow(P_show, cmap="viridis", vmin=0, vmax=1)
-ax2.set(title="factorized dense P (b=0, head 0)", xlabel="key position j")
+ax2.set(title="factorized dense P (example 0, head 0)", xlabel="key position j")
 ax2.set_ylabel("query position i")
 fig.colorbar(im, ax=ax2, shrink=0.8)
 ax3.semilogy(np.arange(1, L + 1), sv_full, "o-", ms=3, label="random: R (L x L)")
@@ -249,27 +262,29 @@ ax3.legend(loc="center right", fontsize=8)
 path = OUT / "04_factorized.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
+fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 
 # %% [markdown]
 # ## 5. Parameter counts: minisynth against the paper
 #
 # Every kind shares the value and output projections, $2C^2 + 2C$; we count
-# what each kind adds on top of that. Three columns should agree:
+# what each kind adds on top of that, in three ways that should agree:
 #
-# * `count_params`: `attention.count_params(kind, C, H, L)` minus $2C^2 + 2C$,
-#   computed from the layer's shapes without allocating anything;
-# * the formula in the kind's docstring in `minisynth/attention.py`;
-# * Table 1 of the paper, which gives $|\theta|$ of each synthesizing function
-#   **without biases**: dot product $2d^2$, Dense $d^2 + d\ell$, factorized
-#   Dense $d^2 + d(k_1 + k_2)$, Random $\ell^2$, factorized Random $2\ell k$.
-#   We evaluate it with $d = C$, $\ell = L$, $(k_1, k_2) = (a, b)$. The
-#   projections ($W_q$, $W_k$, $W_1$) serve all heads at once, as here; a Random
-#   R (or $R_1, R_2$) belongs to one head, so those terms are multiplied by H.
+# * `attention.count_params(kind, C, H, L)` minus $2C^2 + 2C$, computed from
+#   the layer's shapes without allocating anything;
+# * the formula in the kind's docstring in `minisynth/attention.py`
+#   (`docstring_formula` below; the cell asserts that it equals `count_params`);
+# * Table 1 of the paper (`paper_formula`), which gives $|\theta|$ of each
+#   synthesizing function **without biases**: dot product $2d^2$, Dense
+#   $d^2 + d\ell$, factorized Dense $d^2 + d(k_1 + k_2)$, Random $\ell^2$,
+#   factorized Random $2\ell k$. We evaluate it with $d = C$, $\ell = L$,
+#   $(k_1, k_2) = (a, b)$ and the paper's $k = 8$. The projections ($W_q$,
+#   $W_k$, $W_1$) serve all heads at once, as here; a Random R (or $R_1, R_2$)
+#   belongs to one head, so those terms are multiplied by H.
 #
 # The difference between minisynth and the paper's formula is then exactly
-# the biases. A mixture adds its parts plus H mixture logits per component
-# (tutorial 05). Two sizes: minisynth's default model and a base-Transformer
-# width.
+# the biases, plus H mixture logits per component for a mixture (tutorial 05).
+# Two sizes: minisynth's default model and a base-Transformer width.
 
 
 # %%
@@ -286,7 +301,7 @@ def docstring_formula(kind, C, H, L, k=8):
     }
     parts = kind.split("+")
     alpha = H * len(parts) if len(parts) > 1 else 0
-    return sum(per_kind[q] for q in parts) + alpha
+    return sum(per_kind[part] for part in parts) + alpha
 
 
 def paper_formula(kind, C, H, L, k=8):
@@ -300,84 +315,69 @@ def paper_formula(kind, C, H, L, k=8):
         "random_fixed": 0,  # the paper's fixed R is not trained either
         "factorized_random": H * 2 * L * k,
     }
-    return sum(per_kind[q] for q in kind.split("+"))
+    return sum(per_kind[part] for part in kind.split("+"))
 
 
-PAPER_TEXT = {
-    "vanilla": "2d²",
-    "dense": "d² + dℓ",
-    "factorized_dense": "d² + d(k₁+k₂)",
-    "random": "ℓ² per head",
-    "random_fixed": "ℓ² per head, frozen",
-    "factorized_random": "2ℓk per head",
-    "dense+vanilla": "sum of the parts",
-    "random+vanilla": "sum of the parts",
-}
-SIZES = {"minisynth default": (128, 4, 128), "base width": (512, 8, 512)}
-rows = []
-for size_name, (Cs, Hs, Ls) in SIZES.items():
-    for kind, paper_text in PAPER_TEXT.items():
-        synth = attention.count_params(kind, Cs, Hs, Ls) - (2 * Cs * Cs + 2 * Cs)
-        doc = docstring_formula(kind, Cs, Hs, Ls)
-        assert synth == doc, (kind, synth, doc)  # the docstrings tell the truth
-        paper = paper_formula(kind, Cs, Hs, Ls)
-        rows.append(
-            {
-                "size": f"{size_name} (C={Cs}, H={Hs}, L={Ls})",
-                "kind": kind,
-                "count_params - (2C²+2C)": synth,
-                "paper Table 1": paper_text,
-                "paper value": paper,
-                "difference (biases, alpha)": synth - paper,
-                "whole layer": attention.count_params(kind, Cs, Hs, Ls),
-            }
-        )
+KINDS = ["vanilla", "dense", "factorized_dense", "random", "random_fixed", "factorized_random"]
+KINDS += ["dense+vanilla", "random+vanilla"]
+SIZES = {"default": (128, 4, 128), "base": (512, 8, 512)}  # (C, H, L)
+counts = {}  # (size, kind) -> (minisynth, paper)
+for size, (Cs, Hs, Ls) in SIZES.items():
+    for kind in KINDS:
+        ours = attention.count_params(kind, Cs, Hs, Ls) - (2 * Cs * Cs + 2 * Cs)
+        assert ours == docstring_formula(kind, Cs, Hs, Ls), kind  # the docstrings tell the truth
+        counts[size, kind] = ours, paper_formula(kind, Cs, Hs, Ls)
 
-columns = list(rows[0])
-md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-for r in rows:
-    md.append(
-        "| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else r[c] for c in columns) + " |"
-    )
-table_md = "\n".join(md) + "\n"
-print(table_md)
-(OUT / "04_params.md").write_text(table_md, encoding="utf-8")
-with open(OUT / "04_params.csv", "w", newline="", encoding="utf-8") as fcsv:
-    writer = csv.DictWriter(fcsv, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-print("saved", OUT / "04_params.md", "and", OUT / "04_params.csv")
+print("; ".join(f"{size}: C={Cs}, H={Hs}, L={Ls}" for size, (Cs, Hs, Ls) in SIZES.items()))
+cols = [f"C={Cs} {what}" for Cs, _, _ in SIZES.values() for what in ("ours", "paper", "diff")]
+lines = [f"| {'kind':17s} | " + " | ".join(f"{c:>11s}" for c in cols) + " |"]
+lines.append("|" + "---|" * (1 + len(cols)))
+for kind in KINDS:
+    cells = [f"{v:>11,}" for size in SIZES for o, p in [counts[size, kind]] for v in (o, p, o - p)]
+    lines.append(f"| {kind:17s} | " + " | ".join(cells) + " |")
+table = "\n".join(lines)
+print(table)
+(OUT / "04_params.md").write_text(table + "\n", encoding="utf-8")
 
 # %% [markdown]
-# Reading the table: at L = 512 one Random head costs $L^2 = 262{,}144$
-# numbers, so eight heads cost twice an entire dot-product layer; $k = 8$ cuts
-# that 32-fold ($L^2 / 2Lk = L / 2k$). Dense pays
-# $C L$ for its second layer; factorizing with $a + b = 16 + 32$ instead of
-# $L = 512$ leaves mostly the $C^2$ first layer.
-#
+# Reading the table at the base width (the cell below computes the numbers):
+# one Random head costs $L^2$, so the H heads cost as much as two entire
+# dot-product layers; $k = 8$ cuts that $L^2 / 2Lk = L / 2k$-fold. Dense pays
+# $C L$ for its second layer; factorizing with $a + b$ instead of $L$ leaves
+# mostly the $C^2$ first layer.
+
+# %%
+Cs, Hs, Ls = SIZES["base"]
+a_s, b_s = attention.default_factors(Ls)
+dot_layer = attention.count_params("vanilla", Cs, Hs, Ls)
+print(
+    f"L={Ls}: one Random head {Ls * Ls:,}, {Hs} heads {Hs * Ls * Ls:,}"
+    f" = {Hs * Ls * Ls / dot_layer:.2f} whole dot-product layers ({dot_layer:,} each)"
+)
+shrink = counts["base", "random"][0] / counts["base", "factorized_random"][0]
+print(f"factorized random (k=8) is {shrink:.0f} times smaller than random (L / 2k = {Ls // 16})")
+print(
+    f"dense: C L = {Cs * Ls:,}; factorized dense: C (a + b) = {Cs * (a_s + b_s):,} with (a, b) = "
+    f"({a_s}, {b_s}); both also pay C^2 = {Cs * Cs:,} for W1"
+)
+
+# %% [markdown]
 # ## 6. Picture: the same counts as a bar chart
 
 # %%
-kinds = list(PAPER_TEXT)
-
-
-def short(n):
-    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
-
-
 fig = Figure(figsize=(12, 5.5), layout="constrained")
 ax = fig.subplots()
-width = 0.4
-for i, (size_name, (Cs, Hs, Ls)) in enumerate(SIZES.items()):
-    vals = [r["count_params - (2C²+2C)"] for r in rows if r["size"].startswith(size_name)]
-    xs = np.arange(len(kinds)) + (i - 0.5) * width
-    bars = ax.bar(xs, vals, width, label=f"{size_name} (C={Cs}, H={Hs}, L={Ls})")
-    ax.bar_label(bars, labels=[short(v) for v in vals], fontsize=8, padding=2)
-fixed = kinds.index("random_fixed")
-ax.text(fixed, 2e3, "0 trainable\n(R is a buffer)", ha="center", fontsize=9)
+for i, (size, (Cs, Hs, Ls)) in enumerate(SIZES.items()):
+    vals = [counts[size, kind][0] for kind in KINDS]
+    bars = ax.bar(
+        np.arange(len(KINDS)) + (i - 0.5) * 0.4, vals, 0.4, label=f"{size} (C={Cs}, H={Hs}, L={Ls})"
+    )
+    labels = [f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v else "" for v in vals]
+    ax.bar_label(bars, labels=labels, fontsize=8, padding=2)
+ax.text(KINDS.index("random_fixed"), 2e3, "0 trainable\n(R is a buffer)", ha="center", fontsize=9)
 ax.set_yscale("log")
 ax.set_ylim(1e3, 1e7)
-ax.set_xticks(np.arange(len(kinds)), kinds, rotation=20, ha="right")
+ax.set_xticks(np.arange(len(KINDS)), KINDS, rotation=20, ha="right")
 ax.set_ylabel("trainable parameters per layer (log scale)")
 ax.set_title("what each attention kind adds to the shared value/output projections (2C² + 2C)")
 ax.legend(loc="upper left", ncols=2)

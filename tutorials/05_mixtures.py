@@ -18,7 +18,7 @@
 # minisynth a mixture of N kinds, written `"random+vanilla"`, adds their
 # logits with learned weights, separately for every head h:
 #
-# $$S_h = \sum_{n=1}^{N} w_{h,n}\, S_{h,n}, \qquad
+# $$S_h = \sum_{n=0}^{N-1} w_{h,n}\, S_{h,n}, \qquad
 #   w_{h,:} = \mathrm{softmax}(\alpha_{h,:}),$$
 #
 # then proceeds as always, $P = \mathrm{softmax}(\mathrm{mask}(S))$. The
@@ -94,9 +94,10 @@ assert rel_error(P, cache.probs) < 1e-14
 # forward lines:
 #
 # **$S_h = \sum_n w_{h,n} S_{h,n}$.** $S$ is linear in each $w_{h,n}$, and every
-# logit of head h (all examples b, rows i, columns j) uses the same weight:
+# logit of head h (all examples b, rows i, columns j) uses the same weight
+# (for a shared component, $(S_n)_{b,h,i,j}$ is the same for every b):
 #
-# $$dw_{h,n} = \sum_{b,i,j} dS_{b,h,i,j}\, S_{b,h,n,i,j},
+# $$dw_{h,n} = \sum_{b,i,j} dS_{b,h,i,j}\, (S_n)_{b,h,i,j},
 # \qquad dS_{h,n} = w_{h,n}\, dS_h \;(\text{summed over } b \text{ if } S_n \text{ is shared}).$$
 #
 # **$w_{h,:} = \mathrm{softmax}(\alpha_{h,:})$.** The same softmax
@@ -148,14 +149,17 @@ assert rel_error(dR_hand, grads["random.R"][:, :T, :T]) < 1e-12
 # %% [markdown]
 # ## 3. Watching the weights move
 #
-# The previous-token task of tutorial 02: fresh Gaussian inputs every step,
-# target $y_i = x_{i-1}$, loss $\frac12\,\mathrm{mean}\|y_i - x_{i-1}\|^2$ over
-# $i \ge 1$. The Random component can express "look one position back"
-# directly; dot-product attention has no position information here, and a
-# Dense row depends on its own token only (which carries no position either).
-# Starting from equal weights, gradient descent should shift each head's
-# weight towards `random`. (AdamW's default `decay_filter` never decays `alpha`; here we turn
-# weight decay off altogether.)
+# The previous-token task of tutorial 02: fresh Gaussian inputs every step
+# (full-length sequences, T = L), target $y_i = x_{i-1}$, loss
+# $\frac12\,\mathrm{mean}\|y_i - x_{i-1}\|^2$ over the $B\,(T-1)$ pairs
+# (example, position $i \ge 1$), so $dy_i = (y_i - x_{i-1}) / (B\,(T-1))$. The Random
+# component can express "look one position back" directly; dot-product
+# attention has no position information here, and a Dense row depends on its
+# own token only (which carries no position either).
+# So we expect gradient descent, starting from equal weights, to shift each
+# head's weight towards `random`; the last lines of the cell below say
+# whether it did. (AdamW's default `decay_filter` never decays `alpha`; here we
+# turn weight decay off altogether.)
 
 
 # %%
@@ -177,14 +181,20 @@ for _ in range(STEPS):
     diff = (yb - target)[:, 1:]
     losses.append(0.5 * np.mean(np.sum(diff**2, axis=-1)))
     dyb = np.zeros_like(yb)
-    dyb[:, 1:] = diff / diff[..., 0].size  # d loss / d y
+    dyb[:, 1:] = diff / diff[..., 0].size  # d loss / d y; diff[..., 0].size = B (T - 1)
     _, g = layer.backward(dyb, c)
     opt.step(g)
     weights.append(c.mix_weights.copy())  # the weights used in this step
 weights = np.array(weights)  # (STEPS, H, N)
 print("weights at step 0:\n", np.round(weights[0], 3))
-print(f"weights after {STEPS} steps (columns: {layer.parts}):\n", np.round(weights[-1], 3))
-print(f"loss: first {losses[0]:.3f}, last {np.mean(losses[-10:]):.3f}")
+print(f"weights at step {STEPS - 1} (columns: {layer.parts}):\n", np.round(weights[-1], 3))
+print(f"loss: first {losses[0]:.3f}, mean of the last 10 steps {np.mean(losses[-10:]):.3f}")
+for h in range(H):
+    top = int(np.argmax(weights[-1, h]))
+    print(
+        f"head {h}: largest weight now {layer.parts[top]} "
+        f"({weights[0, h, top]:.3f} -> {weights[-1, h, top]:.3f})"
+    )
 
 # %% [markdown]
 # ## 4. Picture

@@ -1,3 +1,16 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent,ipynb
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 08 · Reading attention maps
 #
@@ -17,12 +30,13 @@
 #    on the diagonal and on the previous token (`attention_stats`), mass on
 #    the spaces of the text (a statistic about content);
 # 4. compare models with the Jensen-Shannon divergence of their maps
-#    (`js_divergence`);
+#    (`js_divergence`), and each model with the uniform map and with its own
+#    maps before training;
 # 5. feed a second text: the `random` maps do not change at all, the
 #    `vanilla` maps do, and the `dense` maps change in a telling way.
 #
 # Run as a script or as a notebook (jupytext). At full size the three
-# training runs take a minute or two on two cores;
+# training runs take under a minute on two cores (each prints its time);
 # `MINISYNTH_TUTORIAL_TINY=1` shrinks them to seconds (the models then learn
 # next to nothing, so the maps are close to their initial state). Figures and
 # tables go to `tutorials/output/` or `$MINISYNTH_TUTORIAL_OUT`. If training
@@ -36,16 +50,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from matplotlib.colors import PowerNorm
-from matplotlib.figure import Figure
 
-from minisynth import ModelConfig, get_backend
+from minisynth import ModelConfig, SynthesizerLM, get_backend
 from minisynth.train import TrainConfig, decode, train
 from minisynth.viz import (
+    DPI,
     STAT_UNITS,
     attention_maps,
     attention_stats,
-    byte_labels,
     encode_text,
     format_stats_table,
     is_input_independent,
@@ -53,6 +65,8 @@ from minisynth.viz import (
     load_model,
     plot_attention_grid,
     plot_compare,
+    stats_bars_figure,
+    two_inputs_figure,
 )
 
 TINY = os.environ.get("MINISYNTH_TUTORIAL_TINY", "0") not in ("", "0")
@@ -112,15 +126,30 @@ for kind in KINDS:
         f"{kind:8s} validation BPC {results[kind]['val_bpc']:.3f} "
         f"after {results[kind]['steps']} steps, {time.perf_counter() - t0:.1f} s"
     )
+bpc = {kind: results[kind]["val_bpc"] for kind in KINDS}
+best, worst = min(bpc, key=bpc.get), max(bpc, key=bpc.get)
+print(
+    f"best {best} ({bpc[best]:.3f}), worst {worst} ({bpc[worst]:.3f}): "
+    f"the three lie within {bpc[worst] - bpc[best]:.3f} bits per character"
+)
 
 # %% [markdown]
-# With so little training the three land close together (far above what
-# longer runs reach); that is expected, and not the point here. We load each
-# trained model back from its checkpoint with `viz.load_model`, which returns
-# the model and the raw checkpoint contents.
+# The last line gives the spread of the three validation BPCs. Ranking the
+# kinds is not the point here (that takes longer runs and several seeds of
+# each); reading their maps is.
+# We load each trained model back from its checkpoint with `viz.load_model`,
+# which returns the model and the raw checkpoint contents. We also rebuild
+# each model as it was **before** training: `train` builds its model with
+# `SynthesizerLM(model_config, seed=train_config.seed)`, so the same call gives
+# the initial parameters, and later we can measure how far training moved the
+# maps.
 
 # %%
 models = {kind: load_model(results[kind]["checkpoint"])[0] for kind in KINDS}
+initial = {
+    kind: SynthesizerLM(ModelConfig(attention=kind, **shape), seed=train_config.seed)
+    for kind in KINDS
+}
 T = shape["max_len"]
 n_layers, H = shape["n_layers"], shape["n_heads"]
 for kind, model in models.items():
@@ -176,7 +205,8 @@ print("saved", path)
 # * a bright **diagonal** means a head mostly looks at the current byte;
 #   a bright line **just below** the diagonal, at the previous byte. For
 #   predicting the next byte the last one or two bytes carry most of the
-#   information, so many heads of all kinds learn such local patterns.
+#   information, so look for such local patterns in heads of every kind
+#   (section 3 measures them).
 # * a **first-column** stripe means attention parked on position 0, a common
 #   "nothing to do" state: position 0 is visible from every row.
 # * the `random` rows are fixed patterns over **positions**. They can still
@@ -200,8 +230,8 @@ print("saved", path)
 #
 # These numbers depend on T: early rows have few keys, so even uniform
 # attention is sharp there. A fair reference is the **uniform causal map**,
-# row $i$ equal to $1/(i+1)$ on its visible keys, which is what a head that
-# has learned nothing does. We compute its statistics with the same function.
+# row $i$ equal to $1/(i+1)$ on its visible keys: a head with no preference
+# at all. We compute its statistics with the same function.
 
 # %%
 uniform = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]  # (T, T) rows sum to 1
@@ -214,6 +244,23 @@ print(format_stats_table(blocks))
 for key, meaning in STAT_UNITS.items():
     print(f"  {key}: {meaning}")
 
+uniform_entropy = float(uniform_stats["entropy_nats"][0])
+print(f"\nentropy against the uniform map's {uniform_entropy:.3f} nats, over all heads:")
+below = {}  # kind -> mean over layers and heads of (uniform entropy - head entropy)
+for kind in KINDS:
+    entropy = np.stack([s["entropy_nats"] for s in stats[kind]])  # (n_layers, H)
+    below[kind] = float(uniform_entropy - entropy.mean())
+    layer, head = np.unravel_index(np.argmin(entropy), entropy.shape)
+    print(
+        f"  {kind:8s} mean {entropy.mean():.3f} ({below[kind]:.3f} below uniform); sharpest: "
+        f"layer {layer} head {head} at {entropy[layer, head]:.3f} nats"
+    )
+order = sorted(KINDS, key=below.get, reverse=True)
+print(
+    f"on average the {order[0]} heads are the sharpest and the {order[-1]} heads the closest "
+    f"to uniform ({below[order[-1]]:.3f} nats below it)"
+)
+
 # %% [markdown]
 # Reading the table (every number is for text A):
 #
@@ -222,13 +269,15 @@ for key, meaning in STAT_UNITS.items():
 # * a **distance** much smaller than the uniform one, together with a large
 #   **previous** or **diagonal** mass, is a local head: the bigram-like
 #   pattern a byte-level model learns first;
-# * `vanilla` heads usually sharpen fastest; `dense` heads become local
-#   through the position embedding inside $x_i$; the `random` heads move
-#   away from uniform most slowly (in our run they are still close to it).
-#   Every entry of R is a separate parameter that learns only from the
-#   gradient of its own logit, and only when it is visible. (AdamW's default
-#   filter does not decay R: decay would pull R back towards 0, which *is*
-#   uniform attention.)
+# * the lines under the table rank the three models by how far their heads
+#   have sharpened. `dense` heads can become local through the position
+#   embedding inside $x_i$. Expect the `random` heads to move away from
+#   uniform most slowly: every entry of R is a separate parameter that
+#   learns only from the gradient of its own logit, and only when it is
+#   visible, and Adam moves each entry by about the learning rate per step
+#   (`TrainConfig.synthetic_lr_scale` raises the learning rate of R alone).
+#   AdamW's default filter does not decay R: decay would pull R back towards
+#   0, which *is* uniform attention.
 #
 # These four statistics are about **positions**: a `random` head could score
 # anything on them. A statistic about **content** separates the kinds: how
@@ -250,16 +299,39 @@ for kind in KINDS:
         print(f"{kind:8s} layer {layer}: mass on spaces per head {values}")
 print(f"uniform causal map: {uniform_space[0]:.3f}")
 
+print("\nthe head with the most mass on spaces, per model:")
+for kind in KINDS:
+    per_layer = np.stack([space_mass[(kind, layer)] for layer in range(n_layers)])  # (n_layers, H)
+    layer, head = np.unravel_index(np.argmax(per_layer), per_layer.shape)
+    top = per_layer[layer, head]
+    print(
+        f"  {kind:8s} layer {layer} head {head}: {top:.3f}, {top / uniform_space[0]:.2f} times "
+        f"the uniform map's {uniform_space[0]:.3f}; farthest of its heads from uniform: "
+        f"{np.abs(per_layer - uniform_space[0]).max():.3f} away"
+    )
+heads = [(kind, layer, head) for kind in KINDS for layer in range(n_layers) for head in range(H)]
+kind, layer, head = max(heads, key=lambda k: space_mass[k[:2]][k[2]])  # the top head overall
+top = space_mass[(kind, layer)][head]
+if top > 0.5:
+    print(
+        f"{kind} layer {layer} head {head} puts most of its weight ({top:.3f}) on spaces: "
+        f"look for its vertical stripes at the space columns in 08_compare_layer{layer}.png"
+    )
+else:
+    print(f"no head puts most of its weight on spaces in this run (the most is {top:.3f})")
+
 # %% [markdown]
-# In our full-size run, one head in the second layer of the `vanilla` model
-# put most of its weight on spaces, several times the uniform value: in the
-# maps of section 2 it shows up as bright **vertical stripes** at the space
-# columns. Each row looks back to the word boundaries, wherever they are,
-# which is what a byte-level model needs to know where it is inside a word.
-# The `random` heads stay near the uniform value, as they must; `dense` heads
-# can only get there indirectly (in the second layer $x_i$ already carries
-# some context). Your numbers may differ, and the tiny run learns too little
-# to show any of it.
+# Look for a head whose mass on spaces is several times the uniform value.
+# The last line names the top head if it puts most of its weight there (above
+# 0.5); in the maps of section 2 such a head shows bright **vertical
+# stripes** at the space columns. Each of its rows looks back to the word
+# boundaries, wherever they are, which is what a byte-level model needs to
+# know where it is inside a word. Only `vanilla` can do that directly;
+# `dense` heads can get there only indirectly (in the second layer $x_i$
+# already carries some context), and a `random` head's value on text A is
+# whatever its fixed pattern over positions happens to give: the last number
+# of each model's line says how far from the uniform value its heads landed.
+# The tiny run learns too little to show any of it.
 #
 # We save all the statistics, one row per model, layer and head, with the
 # uniform reference first, as Markdown and CSV.
@@ -308,8 +380,10 @@ print("saved", OUT / "08_stats.md", "and", OUT / "08_stats.csv")
 # model has no reason to do what head 0 of another does; the order of heads
 # is an accident of the initialisation. So besides the head-by-head value we
 # also compare the **head-averaged** maps (the mean over heads is again a
-# map), which does not depend on the order, and each model against the
-# uniform map.
+# map), which does not depend on the order. Last, each model against the
+# uniform map and against its own maps **before training** (the models
+# rebuilt in section 1); there the heads are paired, head h before and
+# after.
 
 # %%
 js_rows = []
@@ -323,13 +397,26 @@ for a, b in pairs:
             js_divergence(maps_a[a][layer].mean(axis=0), maps_a[b][layer].mean(axis=0)),
         )
     )
+moved = {}  # kind -> (JS from uniform, JS from the initial maps), head by head
 for kind in KINDS:
     uniform_heads = np.broadcast_to(uniform, maps_a[kind][layer].shape)  # (H, T, T)
+    start = attention_maps(initial[kind], tokens_a)[layer]  # (H, T, T) before training
+    moved[kind] = (
+        js_divergence(maps_a[kind][layer], uniform_heads),
+        js_divergence(maps_a[kind][layer], start),
+    )
     js_rows.append(
         (
             f"{kind} vs uniform",
-            js_divergence(maps_a[kind][layer], uniform_heads),
+            moved[kind][0],
             js_divergence(maps_a[kind][layer].mean(axis=0), uniform),
+        )
+    )
+    js_rows.append(
+        (
+            f"{kind} vs its initial",
+            moved[kind][1],
+            js_divergence(maps_a[kind][layer].mean(0), start.mean(0)),
         )
     )
 js_md = [
@@ -338,12 +425,21 @@ js_md = [
 ]
 for name, per_head, averaged in js_rows:
     js_md.append(f"| {name} | {per_head:.4f} | {averaged:.4f} |")
-    print(f"{name:20s} head by head {per_head:.4f}   head-averaged {averaged:.4f}")
+    print(f"{name:24s} head by head {per_head:.4f}   head-averaged {averaged:.4f}")
 (OUT / "08_js_divergence.md").write_text(
     "Mean Jensen-Shannon divergence (natural log; 0 = identical, ln 2 = 0.693 = disjoint).\n\n"
     + "\n".join(js_md)
     + "\n",
     encoding="utf-8",
+)
+far_u = max(KINDS, key=lambda k: moved[k][0])
+far_i = max(KINDS, key=lambda k: moved[k][1])
+near_i = min(KINDS, key=lambda k: moved[k][1])
+print(
+    f"\nlayer {layer}, head by head: furthest from uniform {far_u} ({moved[far_u][0]:.4f} nats); "
+    f"furthest from its initial maps {far_i} ({moved[far_i][1]:.4f}), "
+    f"closest to them {near_i} ({moved[near_i][1]:.4f}); "
+    f"random: {moved['random'][0]:.4f} from uniform, {moved['random'][1]:.4f} from its start"
 )
 
 # %% [markdown]
@@ -351,8 +447,10 @@ for name, per_head, averaged in js_rows:
 # the same pair (JS is convex), and the gap says how much of the head-by-head
 # value comes from heads that merely sit in a different order or split the
 # work differently. The divergence from the uniform map measures how far
-# each model has moved from "no preference at all"; in our run `vanilla` had
-# moved furthest and `random` hardly at all, as the statistics above suggest.
+# each model is from "no preference at all", the divergence from its initial
+# maps how far training moved it; the last line names the extremes. Compare
+# them with the entropy ranking of section 3: a model whose heads stayed
+# close to the uniform entropy should also sit close to the uniform map.
 #
 # ## 5. Input-independent maps: a second text
 #
@@ -403,79 +501,28 @@ for layer in range(1, n_layers):
     )
 
 # %% [markdown]
-# The figure: one row per model; text A, text B (each head-averaged, first
-# layer, the square-root colour scale of `plot_compare`), then
-# $|P_A - P_B|$ on its own scale; the byte labels under each column are that
-# column's text. Rows of the `dense` model whose query byte is the same in both
-# texts are marked with a green triangle: their difference row is exactly 0 (black).
+# The figure, drawn by `viz.two_inputs_figure`: one row per model; text A,
+# text B (each head-averaged, first layer, the square-root colour scale of
+# `plot_compare`), then $|P_A - P_B|$ on its own scale; the byte labels beside
+# each map are that map's text. Rows of the `dense` model whose query byte is
+# the same in both texts are marked with a green triangle: their difference
+# row is exactly 0 (black), as the check above established.
 
 # %%
-labels_a, labels_b = byte_labels(tokens_a), byte_labels(tokens_b)  # one label per byte
-positions = [str(i) for i in range(T)]
-mean_a = {k: maps_a[k][0].mean(axis=0) for k in KINDS}  # (T, T) layer 0, mean over heads
-mean_b = {k: maps_b[k][0].mean(axis=0) for k in KINDS}  # (T, T)
-vmax = max(max(float(mean_a[k].max()), float(mean_b[k].max())) for k in KINDS)
-diff_max = max(float(np.abs(mean_a[k] - mean_b[k]).max()) for k in KINDS)
-map_norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)  # square root, as plot_compare
-diff_norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=max(diff_max, 1e-6))  # random: all zeros
-future = np.ma.make_mask(np.triu(np.ones((T, T)), 1))  # masked cells: drawn white
-panel = max(2.6, 0.13 * T)  # inches per map: room for one label per byte
-fig = Figure(figsize=(3 * panel + 3.0, len(KINDS) * (panel + 0.4) + 1.0), layout="constrained")
-axes = fig.subplots(len(KINDS), 3)
-for r, kind in enumerate(KINDS):
-    panels = [
-        (mean_a[kind], labels_a, "text A", "viridis", map_norm),
-        (mean_b[kind], labels_b, "text B", "viridis", map_norm),
-        (np.abs(mean_a[kind] - mean_b[kind]), positions, "|A - B|", "magma", diff_norm),
-    ]
-    for c, (m, labels, title, cmap, norm) in enumerate(panels):
-        ax = axes[r, c]
-        image = ax.imshow(
-            np.ma.masked_array(m, future), cmap=cmap, norm=norm, interpolation="nearest"
-        )
-        ax.set_title(f"{kind}: {title}", fontsize=9)
-        ax.set_yticks(np.arange(T), labels, fontsize=6.5)
-        bottom = r == len(KINDS) - 1  # x labels once per column: every row shows the same text
-        ax.set_xticks(
-            np.arange(T), labels if bottom else [], fontsize=6.5, rotation=90 if c == 2 else 0
-        )
-        ax.tick_params(length=1.5, pad=1)
-        if c == 0:
-            ax.set_ylabel(f"{kind}\nquery position i", fontsize=9)
-        if c == 2 and kind == "dense":  # rows whose query byte is the same in both texts
-            for i in np.flatnonzero(same_byte):
-                ax.plot(T - 0.5 + 0.7, i, marker="<", color="tab:green", ms=4, clip_on=False)
-            ax.set_xlim(-0.5, T - 0.5)  # the markers sit outside the map, not inside the axes
-        if c == 0:
-            map_image = image
-        if c == 2:
-            diff_image = image
-fig.colorbar(
-    map_image,
-    ax=axes[:, :2],
-    location="right",
-    shrink=0.5,
-    aspect=30,
-    ticks=[0, 0.05, 0.2, 0.5, 1.0],
-    label="attention probability (sqrt scale)",
-)
-fig.colorbar(
-    diff_image,
-    ax=axes[:, 2],
-    location="right",
-    shrink=0.5,
-    aspect=30,
-    ticks=np.floor(diff_max * np.array([0.0, 0.05, 0.25, 1.0]) * 1e3) / 1e3,  # inside the scale
-    label="|difference| (sqrt scale)",
-)
-fig.suptitle(
-    "layer 0, mean over heads: random maps ignore the input, vanilla maps follow it,\n"
+fig = two_inputs_figure(
+    [maps_a[kind][0].mean(axis=0) for kind in KINDS],  # (T, T) layer 0, mean over heads
+    [maps_b[kind][0].mean(axis=0) for kind in KINDS],  # (T, T)
+    labels=list(KINDS),
+    tokens_a=tokens_a,
+    tokens_b=tokens_b,
+    marked_rows=[same_byte if kind == "dense" else None for kind in KINDS],
+    title="layer 0, mean over heads: random maps ignore the input, vanilla maps follow it,\n"
     "dense rows change only where the query byte changes (green triangles: same byte)",
-    fontsize=10,
 )
 path = OUT / "08_input_independence.png"
-fig.savefig(path, dpi=100)
+fig.savefig(path, dpi=DPI)
 print("saved", path)
+fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 
 # %% [markdown]
 # ## 6. The statistics at a glance
@@ -485,30 +532,15 @@ print("saved", path)
 
 # %%
 layer = n_layers - 1
-per_head = {key: {kind: stats[kind][layer][key] for kind in KINDS} for key in stat_keys}
-per_head["spaces"] = {kind: space_mass[(kind, layer)] for kind in KINDS}
-reference = {key: float(uniform_stats[key][0]) for key in stat_keys}
-reference["spaces"] = float(uniform_space[0])
-titles = {key: f"{key}: {STAT_UNITS[key].split(' (')[0]}" for key in stat_keys}
-titles["spaces"] = "spaces: mean attention mass on space keys"
-
-fig2 = Figure(figsize=(14, 7), layout="constrained")
-axes2 = fig2.subplots(2, 3).ravel()
-width = 0.8 / H
-for ax, key in zip(axes2, columns, strict=False):  # five panels; the sixth holds the legend
-    for head in range(H):
-        values = [per_head[key][kind][head] for kind in KINDS]
-        offsets = np.arange(len(KINDS)) + (head - (H - 1) / 2) * width
-        ax.bar(offsets, values, width, label=f"head {head}")
-    ax.axhline(reference[key], color="0.3", ls="--", lw=1, label="uniform causal map")
-    ax.set_xticks(np.arange(len(KINDS)), KINDS)
-    ax.set_title(titles[key], fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-handles, names = axes2[0].get_legend_handles_labels()
-axes2[-1].set_axis_off()
-axes2[-1].legend(handles, names, loc="center", fontsize=10, title=f"layer {layer}")
-fig2.suptitle(f"alignment statistics of layer {layer} on text A ({T} bytes)", fontsize=11)
+fig2 = stats_bars_figure(
+    [{**stats[kind][layer], "spaces": space_mass[(kind, layer)]} for kind in KINDS],  # (H,) each
+    labels=list(KINDS),
+    reference={**{key: uniform_stats[key][0] for key in STAT_UNITS}, "spaces": uniform_space[0]},
+    reference_label="uniform causal map",
+    titles={"spaces": "spaces: mean attention mass on space keys"},
+    title=f"alignment statistics of layer {layer} on text A ({T} bytes)",
+)
 path = OUT / "08_stats.png"
-fig2.savefig(path, dpi=100)
+fig2.savefig(path, dpi=DPI)
 print("saved", path)
 fig2  # noqa: B018  (a notebook displays a bare last expression: the figure)
