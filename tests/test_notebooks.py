@@ -51,7 +51,8 @@ def test_notebook_is_executed_in_full_clean_and_small(path):
     assert all(c["execution_count"] is not None for c in code), "a code cell was not run"
     outputs = [o for c in code for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "no figure shown"
+    if "Figure" in path.read_text(encoding="utf-8"):  # a tutorial that draws shows it
+        assert any("image/png" in o.get("data", {}) for o in outputs), "no figure shown"
     text = json.dumps(outputs)
     for marker in MACHINE_PATHS:
         assert marker not in text, f"a machine path ({marker}) in the outputs"

@@ -211,9 +211,9 @@ for kind in KINDS:
 # grows, one position per `decode_step`.
 #
 # In the figure, look for two families of curves. The full-window times grow
-# with the position, faster than linearly once the $t \times t$ maps dominate,
-# and most for the kinds with the most work per map entry (vanilla's
-# $q k^\top$, Dense's $\mathrm{hid}\, W_2$). The incremental times stay nearly
+# with the position, faster than linearly once the $t \times t$ maps dominate
+# (which kind is slowest there depends on the work per map entry and on the
+# machine: the printed times above say it for this run). The incremental times stay nearly
 # flat: at these sizes one step is dominated by the per-position work (layer
 # norms, projections, the MLP: independent of $t$) and by Python's overhead per
 # call; the $O(t)$ attention row only shows at large $t$. The printed ratios

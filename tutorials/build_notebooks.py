@@ -53,6 +53,13 @@ def scrub(text, out_dir):
     return text
 
 
+def is_widget_warning(output):
+    """tqdm.auto's warning that ipywidgets is missing (progress bars are off here anyway)."""
+    return output.get("name") == "stderr" and "TqdmWarning: IProgress not found" in "".join(
+        output.get("text", "")
+    )
+
+
 def build(path, tiny=False):
     notebook = jupytext.read(path)
     with tempfile.TemporaryDirectory(prefix="minisynth-notebook-") as out_dir:
@@ -83,6 +90,7 @@ def build(path, tiny=False):
             if cell["cell_type"] != "code":
                 continue
             cell["execution_count"] = i  # stable numbering, not the kernel's counter
+            cell["outputs"] = [o for o in cell["outputs"] if not is_widget_warning(o)]
             for output in cell["outputs"]:
                 if "execution_count" in output:
                     output["execution_count"] = i
