@@ -1,7 +1,7 @@
 """Build the executed notebooks: every ``tutorials/NN_*.py`` -> ``tutorials/NN_*.ipynb``.
 
     pip install ".[notebooks]"
-    python tutorials/build_notebooks.py            # all tutorials, full size (~15 min)
+    python tutorials/build_notebooks.py            # all tutorials, full size (a few minutes)
     python tutorials/build_notebooks.py 03 09      # some of them
 
 The ``.py`` file is the source; the notebook is generated from it (jupytext), run
