@@ -303,11 +303,6 @@ def fmt_p(p):
     return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
-def significant(table, a, b):
-    """Welch p < 0.05 on validation and on test BPC."""
-    return all(welch(table, a, b, split)[1] < 0.05 for split in ("val", "test"))
-
-
 def fmt(mean, std):
     return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f}"
 
@@ -354,17 +349,19 @@ def agreement(table):
     return rows
 
 
-def comparison_lines(table, pairs, header):
+def comparison_lines(table, pairs):
     """A table of gaps and Welch p-values for (a, b, question) pairs present in the table."""
     lines = [
-        f"| {header} | than | val gap | p (val) | test gap | p (test) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| first | than | val gap | p (val) | test gap | p (test) | question |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
-    for a, b, _ in pairs:
+    for a, b, question in pairs:
         if a in table and b in table:
             gv, pv = welch(table, a, b, "val")
             gt, pt = welch(table, a, b, "test")
-            lines.append(f"| {a} | {b} | {gv:+.3f} | {fmt_p(pv)} | {gt:+.3f} | {fmt_p(pt)} |")
+            lines.append(
+                f"| {a} | {b} | {gv:+.3f} | {fmt_p(pv)} | {gt:+.3f} | {fmt_p(pt)} | {question} |"
+            )
     return lines
 
 
@@ -828,7 +825,7 @@ def write_report(out, results, report, command):
         "",
         "The controls' comparisons (gap = BPC of the second minus the first):",
         "",
-        *comparison_lines(table, CONTROL_PAIRS, "first"),
+        *comparison_lines(table, CONTROL_PAIRS),
         "",
         *findings(table, rows, out, results[0]["tokens"], results[0]["steps"]),
         "",
