@@ -10,8 +10,9 @@ clipping, AdamW) at the bench config of ``bench_train.py`` (C=256, H=8, 4 layers
 T=256, B=16, float32) once in a fresh process per checkout, the checkouts
 alternating so that both see the same machine load; every process applies the
 malloc setting of ``minisynth train`` and runs as ``minisynth train`` does (this
-checkout: the fast path, ``minisynth.fast.loss_and_grads``; an older checkout: its
-own default backend and ``model.loss_and_grads``). Prints a Markdown table of the
+checkout: a model and optimizer built with ``backend="numba"`` and
+``minisynth.fast.loss_and_grads``; an older checkout: its global ``set_backend("numba")``
+if it has one, else its default, and ``model.loss_and_grads``). Prints a Markdown table of the
 median step times (each process reports the median of its steps after two
 warm-up steps) and their ratio.
 """
@@ -30,10 +31,10 @@ HERE = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import json, statistics, sys, time
 import numpy as np
+import inspect
 try:
     from minisynth.fast.allocator import reuse_freed_memory
     from minisynth import fast
-    fast.set_backend("numba")
     step_grads = fast.loss_and_grads
 except ImportError:  # an older layout
     from minisynth.allocator import reuse_freed_memory
@@ -41,12 +42,17 @@ except ImportError:  # an older layout
 reuse_freed_memory()
 from minisynth.model import ModelConfig, SynthesizerLM
 from minisynth.optim import AdamW, clip_grad_norm
+numba = {}  # the fast path: chosen per object since issue 23, by a global switch before
+if "backend" in inspect.signature(SynthesizerLM).parameters:
+    numba = {"backend": "numba"}
+elif hasattr(fast, "set_backend"):
+    fast.set_backend("numba")
 kind, steps = sys.argv[1], int(sys.argv[2])
 cfg = ModelConfig(d_model=256, n_heads=8, n_layers=4, max_len=256, attention=kind)
-model = SynthesizerLM(cfg, seed=0)
+model = SynthesizerLM(cfg, seed=0, **numba)
 rng = np.random.default_rng(0)
 x, y = rng.integers(0, 256, (16, 256)), rng.integers(0, 256, (16, 256))
-opt = AdamW(model.params, lr=1e-3, weight_decay=0.1)
+opt = AdamW(model.params, lr=1e-3, weight_decay=0.1, **numba)
 times = []
 for _ in range(steps + 2):
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from minisynth import ModelConfig, SynthesizerLM, attention, set_backend
+from minisynth import ModelConfig, SynthesizerLM, attention
 from minisynth.fast.allocator import reuse_freed_memory
 
 KINDS = (*attention.KINDS, "dense+vanilla")  # every single kind and the paper's best mixture
@@ -60,7 +60,7 @@ def cache_bytes(model):
 
 
 def measure(config, kind, repeats):
-    model = SynthesizerLM(ModelConfig(attention=kind, **config), seed=0)
+    model = SynthesizerLM(ModelConfig(attention=kind, **config), seed=0, backend="numba")
     decode_once(model, True)  # compile / warm up both paths
     times = {True: [], False: []}
     for _ in range(repeats):
@@ -84,7 +84,6 @@ def main():
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--quick", action="store_true", help="small models, a smoke run")
     args = parser.parse_args()
-    set_backend("numba")
     reuse_freed_memory()
     table = QUICK_CONFIGS if args.quick else CONFIGS
     print(f"median of {args.repeats}; bytes/s generating a full window from a 1-byte prompt")

@@ -177,9 +177,8 @@ def main(argv=None):
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="minisynth-bench-numba-")
     numba = importlib.import_module("numba")
     kernels = importlib.import_module("minisynth.fast.kernels")
-    blas = importlib.import_module("minisynth.fast.threads").numpy_openblas()
-    if blas is not None:
-        blas.set_num_threads(1)  # as inside one shard of the fast path
+    # BLAS single-threaded for the whole run, as inside one shard of the fast path
+    importlib.import_module("minisynth.fast.threads").blas().limit(limits=1)
     layers = importlib.import_module("minisynth.layers")
     optim = importlib.import_module("minisynth.optim")
     rng = np.random.default_rng(0)

@@ -212,13 +212,14 @@ def make_batch(cfg, seed=0):
     return get_batch(splits["train"], cfg.B, cfg.T, np.random.default_rng(seed))
 
 
-def build_model(cfg, kind):
+def build_model(cfg, kind, backend="numpy"):
     """The float32 minisynth model every path starts from (seed 0, so all paths share weights)."""
     import numpy as np
 
     from minisynth import ModelConfig, SynthesizerLM
 
-    return SynthesizerLM(ModelConfig(**cfg.model_kwargs(kind)), seed=0, dtype=np.float32)
+    model_config = ModelConfig(**cfg.model_kwargs(kind))
+    return SynthesizerLM(model_config, seed=0, dtype=np.float32, backend=backend)
 
 
 def numba_cache_stats():
@@ -243,13 +244,13 @@ def setup_path(spec):
     """
     path, threads = spec["path"], spec["threads"]
     cfg = BenchConfig(**{**spec["config"], "kinds": tuple(spec["config"]["kinds"])})
-    from minisynth import fast
-    from minisynth.fast import backend
+    from minisynth import backend, fast
     from minisynth.optim import AdamW, clip_grad_norm
 
-    model = build_model(cfg, spec["kind"])
+    code = "numpy" if path == "torch" else path  # torch starts from the reference's weights
+    model = build_model(cfg, spec["kind"], backend=code)
     x, y = make_batch(cfg)
-    optimizer = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY)
+    optimizer = AdamW(model.params, lr=LR, weight_decay=WEIGHT_DECAY, backend=code)
     facts = {}
     if path == "torch":
         import torch
@@ -274,9 +275,10 @@ def setup_path(spec):
 
         return step, forward_backward, facts
 
-    active = backend.set_backend(path)
-    if active != path:
-        raise RuntimeError(f"asked for the {path} backend, got {active}: {backend.numba_problem()}")
+    if model.backend != path:
+        raise RuntimeError(
+            f"asked for the {path} backend, got {model.backend}: {backend.numba_problem()}"
+        )
     if path == "numba":
         import numba
 
@@ -362,32 +364,21 @@ def run_matmul_worker(spec):
 
 
 def blas_runtime_info():
-    """What NumPy's BLAS runs with: threadpoolctl if installed, else minisynth's OpenBLAS lookup.
+    """What NumPy's BLAS runs with, as threadpoolctl (minisynth's own dependency) finds it.
 
     The kernel OpenBLAS picks at run time (e.g. Haswell vs SkylakeX) depends on the
     CPU and on OPENBLAS_CORETYPE, so the build-time summary alone is not enough.
     """
-    try:
-        from threadpoolctl import threadpool_info
-
-        infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-        if infos:
-            i = infos[0]
-            return (
-                f"{i.get('internal_api')} {i.get('version')}, core {i.get('architecture')}, "
-                f"{i.get('num_threads')} threads (threadpoolctl)"
-            )
-    except ImportError:
-        pass
     import numpy as np
 
-    from minisynth.fast.threads import numpy_openblas
+    from minisynth.fast.threads import blas_info
 
-    blas = numpy_openblas()
-    if blas is not None:
+    infos = blas_info()
+    if infos:
+        i = infos[0]
         return (
-            f"{blas.config}, core {blas.corename}, {blas.get_num_threads()} threads "
-            "(OpenBLAS via ctypes)"
+            f"{i.get('internal_api')} {i.get('version')}, core {i.get('architecture')}, "
+            f"{i.get('num_threads')} threads (threadpoolctl)"
         )
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     return f"{blas.get('name')} {blas.get('version')} (build-time info: np.show_config)"
@@ -540,19 +531,18 @@ def check_losses(configs, threads):
     import numpy as np
     import torch
 
-    from minisynth import use_backend
     from minisynth.torch_model import SynthesizerTorch
 
     torch.set_num_threads(threads)
     worst = 0.0
     for cfg in configs:
         for kind in cfg.kinds:
-            model = build_model(cfg, kind)
             x, y = make_batch(cfg)
-            t_loss = SynthesizerTorch.from_minisynth(model).loss(x, y)
+            t_loss = SynthesizerTorch.from_minisynth(build_model(cfg, kind)).loss(x, y)
             for backend_name in ("numpy", "numba"):
-                with use_backend(backend_name) as active:
-                    loss = model.loss(x, y)
+                model = build_model(cfg, kind, backend=backend_name)
+                active = model.backend
+                loss = model.loss(x, y)
                 diff = abs(loss - t_loss) / abs(t_loss)
                 worst = max(worst, diff)
                 if not (np.isfinite(loss) and diff <= LOSS_RTOL):

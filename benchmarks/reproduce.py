@@ -32,7 +32,6 @@ import numpy as np
 from minisynth import ModelConfig, SynthesizerLM, attention, viz
 from minisynth.checkpoint import load_checkpoint
 from minisynth.data import load_data
-from minisynth.fast import get_backend, set_backend
 from minisynth.optim import lr_schedule
 from minisynth.train import TrainConfig, evaluate, train
 
@@ -73,6 +72,7 @@ KINDS = list(VARIANTS)
 SEEDS = [0, 1, 2]
 # The sweep's model and schedule: the default `minisynth train` model, with the
 # token budget cut so that 24 runs fit in about 90 minutes on 2 cores.
+BACKEND = "numba"  # the code every run trains on: the fast path, as `minisynth train`
 MODEL = dict(d_model=128, n_heads=4, n_layers=2, max_len=128)
 SCHEDULE = dict(
     batch_size=32,
@@ -135,7 +135,7 @@ def compute_description():
         "minisynth_commit": commit,
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpus_total": os.cpu_count(),
-        "backend": get_backend(),
+        "backend": BACKEND,
         **{k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")},
     }
 
@@ -178,7 +178,7 @@ def run_one(out, name, seed, data_spec, steps):
             force=not resume,
             progress=sys.stderr.isatty(),
             log=print,
-            backend=get_backend(),
+            backend=BACKEND,
         )
     finally:  # wall time survives interruptions
         rdir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def run_one(out, name, seed, data_spec, steps):
     if res["interrupted"]:
         raise KeyboardInterrupt
     wall = json.loads(elapsed_path.read_text())["wall_time_s"]
-    model, _ = load_checkpoint(res["checkpoint"])
+    model, _ = load_checkpoint(res["checkpoint"], backend=BACKEND)
     splits, description = load_data(data_spec)
     result = {
         "variant": name,
@@ -237,8 +237,9 @@ def timing_pass(out, steps=12, warmup=3):
     for name, variant in VARIANTS.items():
         mc = ModelConfig(attention=variant.attention, attention_options=dict(variant.options),
                          **MODEL)  # fmt: skip
-        model = SynthesizerLM(mc, seed=0)
+        model = SynthesizerLM(mc, seed=0, backend=BACKEND)
         opt = AdamW(model.params, lr=SCHEDULE["lr"], weight_decay=SCHEDULE["weight_decay"],
+                    backend=BACKEND,
                     lr_scale=synthetic_logits_lr_scale(variant.synthetic_lr_scale))  # fmt: skip
         times = []
         for step in range(warmup + steps):
@@ -846,7 +847,6 @@ def draw_maps(run_dirs, fig_dir):
 
 
 def main(argv=None):
-    set_backend(os.environ.get("MINISYNTH_BACKEND") or "numba")  # as `minisynth train`
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="bundled")
     parser.add_argument("--out", default="results")

@@ -54,6 +54,7 @@ from ._validate import (
     check_real,
     check_shape,
 )
+from .backend import backend_of, operations
 
 # --------------------------------------------------------------------------- helpers
 
@@ -90,6 +91,8 @@ class Component:
     ``p`` (local names); ``backward(dS, cache)`` returns (dx or None, grads).
     For decoding, ``row(p, x_t, t, memory)`` returns the logits of one new
     position t, and ``remembers`` names what it keeps of earlier positions.
+    ``ops`` holds the layer functions it calls: :mod:`minisynth.layers` or the
+    fast path's twins (see :mod:`minisynth.backend`).
     """
 
     kind = ""
@@ -102,9 +105,10 @@ class Component:
         """The remembered arrays of the positions a forward pass saw: name -> (B,H,T,hs)."""
         return {}
 
-    def __init__(self, C, H, L, options):
+    def __init__(self, C, H, L, options, ops=layers):
         self.C, self.H, self.L = C, H, L
         self.hs = C // H
+        self.ops = ops  # the layer functions it calls (see minisynth.backend)
 
     def shapes(self):
         """name -> shape of the trainable parameters (in creation order)."""
@@ -147,8 +151,8 @@ class Vanilla(Component):
         return {"Wq": (C, C), "bq": (C,), "Wk": (C, C), "bk": (C,)}
 
     def forward(self, p, x):
-        q_flat, q_cache = layers.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
-        k_flat, k_cache = layers.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
+        q_flat, q_cache = self.ops.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
+        k_flat, k_cache = self.ops.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
         q = split_heads(q_flat, self.H)  # (B,H,T,hs)
         k = split_heads(k_flat, self.H)  # (B,H,T,hs)
         scale = 1.0 / math.sqrt(self.hs)
@@ -162,16 +166,16 @@ class Vanilla(Component):
         dq = (dS @ k) * scale  # (B,H,T,hs)
         dk = dS.swapaxes(-1, -2) @ q_scaled  # (B,H,T,hs)
         # q = x Wq + bq;  k = x Wk + bk
-        dx_q, dWq, dbq = layers.linear_backward(merge_heads(dq), q_cache)
-        dx_k, dWk, dbk = layers.linear_backward(merge_heads(dk), k_cache)
+        dx_q, dWq, dbq = self.ops.linear_backward(merge_heads(dq), q_cache)
+        dx_k, dWk, dbk = self.ops.linear_backward(merge_heads(dk), k_cache)
         return dx_q + dx_k, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
 
     def memory_from_forward(self, cache):
         return {"k": cache[1]}  # (B,H,T,hs)
 
     def row(self, p, x_t, t, memory):
-        q_flat, _ = layers.linear_forward(x_t, p["Wq"], p["bq"])  # (B,1,C)
-        k_flat, _ = layers.linear_forward(x_t, p["Wk"], p["bk"])  # (B,1,C)
+        q_flat, _ = self.ops.linear_forward(x_t, p["Wq"], p["bq"])  # (B,1,C)
+        k_flat, _ = self.ops.linear_forward(x_t, p["Wk"], p["bk"])  # (B,1,C)
         memory["k"][:, :, t] = split_heads(k_flat, self.H)[:, :, 0]  # (B,H,hs) key of position t
         q_scaled = split_heads(q_flat, self.H) * (1.0 / math.sqrt(self.hs))  # (B,H,1,hs)
         return q_scaled @ memory["k"][:, :, : t + 1].swapaxes(-1, -2)  # (B,H,1,t+1)
@@ -181,15 +185,15 @@ class _DenseHidden(Component):
     """The per-token hidden layer shared by dense kinds: hid = relu(x W1 + b1) in heads."""
 
     def hidden_forward(self, p, x):
-        pre, lin_cache = layers.linear_forward(x, p["W1"], p["b1"])  # (B,T,C)
-        hid_flat, relu_cache = layers.relu_forward(pre)  # (B,T,C)
+        pre, lin_cache = self.ops.linear_forward(x, p["W1"], p["b1"])  # (B,T,C)
+        hid_flat, relu_cache = self.ops.relu_forward(pre)  # (B,T,C)
         return split_heads(hid_flat, self.H), (lin_cache, relu_cache)  # (B,H,T,hs)
 
     def hidden_backward(self, dhid, hidden_cache):
         lin_cache, relu_cache = hidden_cache
         # hid = relu(x W1 + b1)
-        dpre = layers.relu_backward(merge_heads(dhid), relu_cache)  # (B,T,C)
-        dx, dW1, db1 = layers.linear_backward(dpre, lin_cache)
+        dpre = self.ops.relu_backward(merge_heads(dhid), relu_cache)  # (B,T,C)
+        dx, dW1, db1 = self.ops.linear_backward(dpre, lin_cache)
         return dx, {"W1": dW1, "b1": db1}
 
 
@@ -209,8 +213,8 @@ class Dense(_DenseHidden):
     kind = "dense"
     options = ("dense_from_query",)
 
-    def __init__(self, C, H, L, options):
-        super().__init__(C, H, L, options)
+    def __init__(self, C, H, L, options, ops=layers):
+        super().__init__(C, H, L, options, ops)
         self.from_query = options.get("dense_from_query", False)
         if not isinstance(self.from_query, bool):
             raise TypeError(f"dense_from_query must be True or False, got {self.from_query!r}")
@@ -259,8 +263,8 @@ class FactorizedDense(_DenseHidden):
     kind = "factorized_dense"
     options = ("factors",)
 
-    def __init__(self, C, H, L, options):
-        super().__init__(C, H, L, options)
+    def __init__(self, C, H, L, options, ops=layers):
+        super().__init__(C, H, L, options, ops)
         factors = options.get("factors")
         if factors is None:
             factors = default_factors(L)
@@ -345,8 +349,8 @@ class Random(Component):
     shared = True
     options = ("init_std",)
 
-    def __init__(self, C, H, L, options):
-        super().__init__(C, H, L, options)
+    def __init__(self, C, H, L, options, ops=layers):
+        super().__init__(C, H, L, options, ops)
         self.init_std = options.get("init_std")
         if self.init_std is not None:
             self.init_std = check_real("init_std", self.init_std, low=0.0)
@@ -403,8 +407,8 @@ class FactorizedRandom(Component):
     shared = True
     options = ("k",)
 
-    def __init__(self, C, H, L, options):
-        super().__init__(C, H, L, options)
+    def __init__(self, C, H, L, options, ops=layers):
+        super().__init__(C, H, L, options, ops)
         self.k = check_positive_int("k", options.get("k", 8))
 
     def shapes(self):
@@ -463,13 +467,13 @@ def _check_sizes(d_model, n_heads, max_len):
     return C, H, L
 
 
-def _make_components(parts, C, H, L, options):
+def _make_components(parts, C, H, L, options, ops=layers):
     used = set()
     comps = []
     for p in parts:
         cls = KINDS[p]
         used.update(cls.options)
-        comps.append(cls(C, H, L, options))
+        comps.append(cls(C, H, L, options, ops))
     unknown = set(options) - used
     if unknown:
         raise ValueError(
@@ -505,28 +509,40 @@ def count_params(kind, d_model, n_heads, max_len, **options):
 
 
 class AttentionCache(NamedTuple):
-    probs: np.ndarray  # (B,H,T,T) attention probabilities after masking and softmax
-    v: np.ndarray  # (B,H,T,hs)
+    core: layers.AttentionCoreCache  # probs (B,H,T,T) after masking and softmax, v (B,H,T,hs)
     v_cache: layers.LinearCache
     o_cache: layers.LinearCache
     logits: tuple  # per component: S_n (B,H,T,T) or shared (H,T,T)
     component_caches: tuple
     mix_weights: np.ndarray | None  # (H,N) softmax(alpha), None for a single kind
 
+    @property
+    def probs(self):
+        """(B,H,T,T) the attention maps: probabilities after masking and softmax."""
+        return self.core.probs
+
 
 class Attention:
-    """Multi-head attention of one kind (or a mixture); build it with :func:`build`."""
+    """Multi-head attention of one kind (or a mixture); build it with :func:`build`.
 
-    def __init__(self, kind, d_model, n_heads, max_len, *, causal, seed, dtype, **options):
+    ``ops`` holds the layer functions the layer calls: :mod:`minisynth.layers`
+    (``backend="numpy"``, the reference) or the fast path's twins (``"numba"``);
+    see :mod:`minisynth.backend`.
+    """
+
+    def __init__(
+        self, kind, d_model, n_heads, max_len, *, causal, seed, dtype, backend="numpy", **options
+    ):
         if np.dtype(dtype) not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        self.ops = operations(backend)
         self.parts = parse_kind(kind)
         self.kind = "+".join(self.parts)
         self.C, self.H, self.L = _check_sizes(d_model, n_heads, max_len)
         self.hs = self.C // self.H
         self.causal = bool(causal)
         self.dtype = np.dtype(dtype)
-        self.components = _make_components(self.parts, self.C, self.H, self.L, options)
+        self.components = _make_components(self.parts, self.C, self.H, self.L, options, self.ops)
         self.mixture = len(self.components) > 1
         self.prefixes = [f"{c.kind}." if self.mixture else "" for c in self.components]
 
@@ -546,10 +562,15 @@ class Attention:
         if self.mixture:
             self.params["alpha"] = np.zeros((self.H, len(self.components)), dtype=self.dtype)
 
+    @property
+    def backend(self):
+        """``"numpy"`` (the reference) or ``"numba"``: what computes this layer."""
+        return backend_of(self.ops)
+
     def __repr__(self):
         return (
             f"Attention({self.kind!r}, d_model={self.C}, n_heads={self.H}, max_len={self.L}, "
-            f"causal={self.causal}, dtype={self.dtype.name})"
+            f"causal={self.causal}, dtype={self.dtype.name}, backend={self.backend!r})"
         )
 
     def _local(self, comp, prefix):
@@ -588,7 +609,7 @@ class Attention:
         """Per-component logits -> (S, mix): S = sum_n softmax(alpha)[h,n] S_n for a mixture."""
         if not self.mixture:
             return logits[0], None  # (B,H,Tq,Tk) or (H,Tq,Tk)
-        mix, _ = layers.softmax_forward(self.params["alpha"])  # (H,N)
+        mix, _ = self.ops.softmax_forward(self.params["alpha"])  # (H,N)
         S = mix[:, 0, None, None] * logits[0]  # (B?,H,Tq,Tk)
         for n in range(1, len(logits)):
             S = S + mix[:, n, None, None] * logits[n]  # (B?,H,Tq,Tk) sum_n mix[h,n] S_n
@@ -598,7 +619,7 @@ class Attention:
         """x (B,T,C) -> (y (B,T,C), cache); ``cache.probs`` is (B,H,T,T)."""
         self._check_input(x)
         p = self.params
-        v_flat, v_cache = layers.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
+        v_flat, v_cache = self.ops.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
         v = split_heads(v_flat, self.H)  # (B,H,T,hs)
 
         logits, caches = [], []
@@ -607,9 +628,9 @@ class Attention:
             logits.append(S_n)
             caches.append(c)
         S, mix = self._mix(logits)  # (B,H,T,T) or (H,T,T)
-        o, probs = layers.attention_core_forward(S, v, self.causal)  # (B,H,T,hs), (B,H,T,T)
-        y, o_cache = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
-        cache = AttentionCache(probs, v, v_cache, o_cache, tuple(logits), tuple(caches), mix)
+        o, core = self.ops.attention_core_forward(S, v, self.causal)  # (B,H,T,hs)
+        y, o_cache = self.ops.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
+        cache = AttentionCache(core, v_cache, o_cache, tuple(logits), tuple(caches), mix)
         return y, cache
 
     def backward(self, dy, cache):
@@ -619,13 +640,12 @@ class Attention:
             raise ValueError(f"dy has shape {dy.shape}, expected {cache.v_cache.x.shape}")
         grads = {}
         # y = o @ Wo + bo
-        do_flat, grads["Wo"], grads["bo"] = layers.linear_backward(dy, cache.o_cache)
+        do_flat, grads["Wo"], grads["bo"] = self.ops.linear_backward(dy, cache.o_cache)
         do = split_heads(do_flat, self.H)  # (B,H,T,hs)
-        shared = all(c.shared for c in self.components)
         # o = softmax(mask(S)) @ v
-        dS, dv = layers.attention_core_backward(do, cache.probs, cache.v, shared, self.causal)
+        dS, dv = self.ops.attention_core_backward(do, cache.core)  # like S, (B,H,T,hs)
         # v = x @ Wv + bv
-        dx, grads["Wv"], grads["bv"] = layers.linear_backward(merge_heads(dv), cache.v_cache)
+        dx, grads["Wv"], grads["bv"] = self.ops.linear_backward(merge_heads(dv), cache.v_cache)
 
         if self.mixture:
             mix = cache.mix_weights  # (H,N)
@@ -639,7 +659,7 @@ class Attention:
                 axis=1,
             )  # (H,N)
             # mix = softmax(alpha)
-            grads["alpha"] = layers.softmax_backward(dmix, layers.SoftmaxCache(mix))  # (H,N)
+            grads["alpha"] = self.ops.softmax_backward(dmix, layers.SoftmaxCache(mix))  # (H,N)
         for n, (comp, prefix) in enumerate(zip(self.components, self.prefixes, strict=True)):
             dS_n = dS * mix[:, n, None, None] if self.mixture else dS  # like S
             if comp.shared and dS_n.ndim == 4:
@@ -665,7 +685,7 @@ class Attention:
             memories.append(
                 {name: self._memory_buffer(B, remembered[name]) for name in comp.remembers}
             )
-        return y, DecodeState(self._memory_buffer(B, cache.v), tuple(memories), T)
+        return y, DecodeState(self._memory_buffer(B, cache.core.v), tuple(memories), T)
 
     def _memory_buffer(self, B, first):
         """A (B,H,L,hs) buffer holding ``first`` (B,H,T,hs) in its first T positions."""
@@ -689,7 +709,7 @@ class Attention:
                 "(prefill a shorter window)"
             )
         p = self.params
-        v_flat, _ = layers.linear_forward(x_t, p["Wv"], p["bv"])  # (B,1,C)
+        v_flat, _ = self.ops.linear_forward(x_t, p["Wv"], p["bv"])  # (B,1,C)
         state.v[:, :, t] = split_heads(v_flat, self.H)[:, :, 0]  # (B,H,hs) value of position t
         rows = [
             comp.row(self._local(comp, prefix), x_t, t, memory)  # (B,H,1,t+1) or (H,1,t+1)
@@ -698,9 +718,9 @@ class Attention:
             )
         ]
         S, _ = self._mix(rows)  # (B?,H,1,t+1)
-        probs, _ = layers.softmax_forward(S)  # (B?,H,1,t+1) no mask: position t sees 0..t
+        probs, _ = self.ops.softmax_forward(S)  # (B?,H,1,t+1) no mask: position t sees 0..t
         o = probs @ state.v[:, :, : t + 1]  # (B,H,1,hs)
-        y, _ = layers.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,1,C)
+        y, _ = self.ops.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,1,C)
         state.length = t + 1
         return y
 
@@ -722,13 +742,34 @@ class DecodeState:
         return self.v.nbytes + sum(a.nbytes for m in self.memories for a in m.values())
 
 
-def build(kind, d_model, n_heads, max_len, *, causal=True, seed=0, dtype=np.float32, **options):
+def build(
+    kind,
+    d_model,
+    n_heads,
+    max_len,
+    *,
+    causal=True,
+    seed=0,
+    dtype=np.float32,
+    backend="numpy",
+    **options,
+):
     """Build a multi-head attention layer of ``kind`` (see the module docstring).
 
     ``kind`` is one of vanilla, dense, random, random_fixed, factorized_dense,
     factorized_random, or a mixture joined by '+'. Options: ``factors=(a, b)``
     for factorized_dense (a b = max_len), ``k`` for factorized_random.
+    ``backend``: ``"numpy"`` (the reference) or ``"numba"`` (the fast path's
+    twins), see :mod:`minisynth.backend`.
     """
     return Attention(
-        kind, d_model, n_heads, max_len, causal=causal, seed=seed, dtype=dtype, **options
+        kind,
+        d_model,
+        n_heads,
+        max_len,
+        causal=causal,
+        seed=seed,
+        dtype=dtype,
+        backend=backend,
+        **options,
     )

@@ -118,16 +118,17 @@ def read_checkpoint(path):
     return data
 
 
-def load_checkpoint(path, *, dtype=np.float32):
+def load_checkpoint(path, *, dtype=np.float32, backend="numpy"):
     """(model, checkpoint dict) from a checkpoint file or a run directory; raises
-    CheckpointError naming any problem."""
+    CheckpointError naming any problem. ``backend``: the model's (see
+    :mod:`minisynth.backend`)."""
     path = checkpoint_path(path)
     data = read_checkpoint(path)
     try:
         config = ModelConfig.from_json(str(data["config"]))
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {err}") from None
-    model = SynthesizerLM(config, dtype=dtype)
+    model = SynthesizerLM(config, dtype=dtype, backend=backend)
     params = {k: data[k] for k in model.params if k in data}
     buffers = {k: data[k] for k in model.buffers if k in data}
     missing = [k for k in list(model.params) + list(model.buffers) if k not in data]

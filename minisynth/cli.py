@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from . import __version__
+from .backend import BACKENDS
 
 DEFAULT_ATTENTION = "dense"
 
@@ -69,7 +69,6 @@ def cmd_train(args):
     import dataclasses
 
     from .data import canonical_data_spec
-    from .fast import get_backend
     from .model import ModelConfig
     from .train import RunConflict, TrainConfig, resumed_schedule, saved_run, train
 
@@ -117,7 +116,7 @@ def cmd_train(args):
             resume=args.resume,
             force=args.force,
             progress=not args.quiet,
-            backend=get_backend(),
+            backend=args.backend,
         )
     except RunConflict as err:
         if not err.differences:
@@ -152,7 +151,7 @@ def cmd_eval(args):
     from .data import load_data
     from .train import evaluate
 
-    model, _ = load_checkpoint(args.checkpoint)
+    model, _ = load_checkpoint(args.checkpoint, backend=args.backend)
     splits, description = load_data(args.data)
     bpc = evaluate(model, splits[args.split], batch_size=args.batch_size)
     print(f"{args.split} BPC on {description}: {bpc:.4f}")
@@ -165,7 +164,7 @@ def cmd_sample(args):
     from .checkpoint import load_checkpoint
     from .train import decode
 
-    model, _ = load_checkpoint(args.checkpoint)
+    model, _ = load_checkpoint(args.checkpoint, backend=args.backend)
     prompt = np.frombuffer(args.prompt.encode("utf-8", errors="surrogateescape"), dtype=np.uint8)
     if prompt.size == 0:
         raise ValueError("--prompt must not be empty")
@@ -286,6 +285,17 @@ def _subcommand(sub, name, help, examples):
         description=help,
         epilog=_examples(*examples),
         formatter_class=_HelpFormatter,
+    )
+
+
+def _add_backend_option(parser):
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="numba",
+        help="the code that computes the model: numba (the fast path: Numba kernels, the "
+        "batch split over the cores) or numpy (the reference, as written in minisynth.layers; "
+        "slower, the same numbers to rounding) (default: %(default)s)",
     )
 
 
@@ -462,6 +472,7 @@ def build_parser():
         "(default: off: such a run is refused)",
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    _add_backend_option(tr)
     tr.set_defaults(handler=cmd_train, given=set())
 
     ev = _subcommand(
@@ -493,6 +504,7 @@ def build_parser():
         help="windows of max_len bytes per forward pass; changes speed, not the result "
         "(default: %(default)s)",
     )
+    _add_backend_option(ev)
     ev.set_defaults(handler=cmd_eval)
 
     sa = _subcommand(
@@ -541,6 +553,7 @@ def build_parser():
         "and decodes on (fast); 'slide' re-runs the last max_len bytes for every byte "
         "(always a full window, slow) (default: %(default)s)",
     )
+    _add_backend_option(sa)
     sa.set_defaults(handler=cmd_sample)
 
     da = _subcommand(
@@ -728,10 +741,6 @@ def main(argv=None):
     from .fast.allocator import reuse_freed_memory
 
     reuse_freed_memory()  # process-wide, so here and not on import; see minisynth.fast.allocator
-    from .fast import backend
-
-    # the command runs on the fast path unless MINISYNTH_BACKEND=numpy asks for the reference
-    backend.set_backend(os.environ.get(backend.ENV_VAR) or "numba")
     try:
         return args.handler(args)
     except (ValueError, TypeError, OSError) as err:

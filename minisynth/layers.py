@@ -49,9 +49,8 @@ class LinearCache(NamedTuple):
 def linear_forward(x, W, b):
     """out = x @ W + b with W shaped (in, out)."""
     D, F = W.shape
-    # one (N, D) @ (D, F) GEMM: a 3-D @ 2-D matmul would call BLAS once per batch row
-    out = (x.reshape(-1, D) @ W).reshape(x.shape[:-1] + (F,))  # (..., F)
-    out += b  # in place: out is a fresh array
+    # the leading dimensions flattened into N rows: (N, D) @ (D, F)
+    out = (x.reshape(-1, D) @ W + b).reshape(x.shape[:-1] + (F,))  # (..., F)
     return out, LinearCache(x, W)
 
 
@@ -131,7 +130,7 @@ class GeluCache(NamedTuple):
 
 def gelu_forward(x):
     """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)  # (...) x*x*x: x**3 is a slow generic power
+    u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)  # (...)
     out = 0.5 * x * (1.0 + np.tanh(u))  # (...)
     return out, GeluCache(x)
 
@@ -139,7 +138,7 @@ def gelu_forward(x):
 def gelu_backward(dout, cache):
     """Returns dx."""
     (x,) = cache
-    u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)  # (...) x*x*x: x**3 is a slow generic power
+    u = GELU_SCALE * (x + GELU_CUBIC * x * x * x)  # (...)
     t = np.tanh(u)  # (...)
     # out = 0.5 x (1 + t),  dt/dx = (1 - t^2) * sqrt(2/pi) * (1 + 3 * 0.044715 x^2)
     dudx = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)  # (...)
@@ -198,40 +197,43 @@ def softmax_backward(dout, cache):
 
 
 # --------------------------------------------------------------------- attention core
+class AttentionCoreCache(NamedTuple):
+    probs: np.ndarray  # (B,H,T,T) P, a read-only broadcast of one (H,T,T) map when shared
+    v: np.ndarray  # (B,H,T,hs)
+    shared: bool  # the logits S were one (H,T,T) map for the whole batch
+    causal: bool  # the forward masked j > i
+
+
 def attention_core_forward(S, v, causal):
     """P = softmax(mask(S)); o = P @ v.
 
     S (B,H,T,T), or (H,T,T) when the logits are shared across the batch (random
-    synthesizers); v (B,H,T,hs). Returns o (B,H,T,hs) and probs (B,H,T,T). Shared
-    logits give the same P for every batch element: it is computed once per head
-    and returned as a read-only broadcast view.
+    synthesizers); v (B,H,T,hs). Returns o (B,H,T,hs) and the cache, whose
+    ``probs`` (B,H,T,T) are the attention maps. Shared logits give the same P for
+    every batch element: it is computed once per head and ``probs`` is a
+    read-only broadcast view of it.
     """
     B, H, T, _ = v.shape
     probs, _ = softmax_forward(S, causal=causal)  # (B,H,T,T), or (H,T,T) once for all b
     o = probs @ v  # (B,H,T,hs) a shared (H,T,T) P broadcasts over the batch
-    if probs.ndim == 3:
+    shared = probs.ndim == 3
+    if shared:
         probs = np.broadcast_to(probs, (B, H, T, T))  # (B,H,T,T) a view, not B copies
-    return o, probs
+    return o, AttentionCoreCache(probs, v, shared, bool(causal))
 
 
-def attention_core_backward(do, probs, v, shared, causal=False):
-    """Returns (dS, dv); dS is (H,T,T), summed over the batch, when ``shared``.
+def attention_core_backward(do, cache):
+    """Returns (dS, dv); dS is (H,T,T), summed over the batch, when the logits were shared.
 
-    When ``shared``, every probs[b] equals probs[0]; the softmax backward is linear
-    in dP for a fixed P, so summing dP over the batch first gives the same dS.
-    ``causal`` is accepted for the signature of the forward pass: masked entries of
-    P are 0, so their gradient is 0 either way.
+    No mask is needed here: masked entries of P are 0, so their gradient is 0.
     """
-    B, H, T, hs = v.shape
+    probs, v, shared, _ = cache
     # o = P @ v
     dv = probs.swapaxes(-1, -2) @ do  # (B,H,T,hs)
-    if shared:  # dP = sum_b do[b] v[b]^T: the batch folded into one product per head
-        do_h = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-        v_h = v.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
-        dprobs = do_h @ v_h.swapaxes(-1, -2)  # (H,T,T)
+    dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
+    if shared:  # one P = softmax(S) for every b: the gradients of its B uses add up
+        dprobs = dprobs.sum(axis=0)  # (H,T,T)
         probs = probs[0]  # (H,T,T)
-    else:
-        dprobs = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
     # P = softmax(mask(S))
     dS = softmax_backward(dprobs, SoftmaxCache(probs))  # (B,H,T,T) or (H,T,T)
     return dS, dv

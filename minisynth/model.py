@@ -28,6 +28,7 @@ import numpy as np
 
 from . import attention, layers
 from ._validate import FLOAT_DTYPES, check_int_array, check_positive_int
+from .backend import backend_of, operations
 
 EMBEDDING_STD = 0.02
 
@@ -94,13 +95,20 @@ class ModelCache(NamedTuple):
 
 
 class SynthesizerLM:
-    """Decoder-only Synthesizer LM. ``params`` and ``buffers`` are flat dicts (contract names)."""
+    """Decoder-only Synthesizer LM. ``params`` and ``buffers`` are flat dicts (contract names).
 
-    def __init__(self, config, seed=0, dtype=np.float32):
+    ``backend`` chooses the code that computes it, for this model alone:
+    ``"numpy"`` (the default) calls the reference functions of
+    :mod:`minisynth.layers`, ``"numba"`` their fast twins; ``model.ops`` holds
+    them (see :mod:`minisynth.backend`). Both give the same numbers to rounding.
+    """
+
+    def __init__(self, config, seed=0, dtype=np.float32, backend="numpy"):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         if np.dtype(dtype) not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        self.ops = operations(backend)  # minisynth.layers, or minisynth.fast.ops
         self.config = config
         self.dtype = np.dtype(dtype)
         cfg = config
@@ -122,6 +130,7 @@ class SynthesizerLM:
                 causal=True,
                 seed=int(rng.integers(2**31)),
                 dtype=self.dtype,
+                backend=backend_of(self.ops),
                 **cfg.attention_options,
             )
             self.attn.append(layer)
@@ -140,8 +149,15 @@ class SynthesizerLM:
         p["ln_f.b"] = np.zeros(C, dtype=self.dtype)
         self.params = p
 
+    @property
+    def backend(self):
+        """``"numpy"`` (the reference) or ``"numba"``: what computes this model."""
+        return backend_of(self.ops)
+
     def __repr__(self):
-        return f"SynthesizerLM({self.config}, params={self.num_params():,})"
+        return (
+            f"SynthesizerLM({self.config}, params={self.num_params():,}, backend={self.backend!r})"
+        )
 
     def num_params(self):
         return sum(a.size for a in self.params.values())
@@ -193,25 +209,25 @@ class SynthesizerLM:
 
     def _blocks(self, x, attend):
         """x (B,T,C) through every block; ``attend(i, a_in)`` runs layer i's attention."""
-        p = self.params
+        p, ops = self.params, self.ops
         block_caches = []
         for i in range(len(self.attn)):
             pre = f"blocks.{i}."
-            a_in, ln1 = layers.layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])  # (B,T,C)
+            a_in, ln1 = ops.layernorm_forward(x, p[pre + "ln1.g"], p[pre + "ln1.b"])  # (B,T,C)
             a_out, attn_cache = attend(i, a_in)  # (B,T,C), AttentionCache or None
             x = x + a_out  # (B,T,C)
-            m_in, ln2 = layers.layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])  # (B,T,C)
-            h, fc = layers.linear_forward(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
-            hg, gelu = layers.gelu_forward(h)  # (B,T,4C)
-            m_out, proj = layers.linear_forward(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
+            m_in, ln2 = ops.layernorm_forward(x, p[pre + "ln2.g"], p[pre + "ln2.b"])  # (B,T,C)
+            h, fc = ops.linear_forward(m_in, p[pre + "mlp.W1"], p[pre + "mlp.b1"])  # (B,T,4C)
+            hg, gelu = ops.gelu_forward(h)  # (B,T,4C)
+            m_out, proj = ops.linear_forward(hg, p[pre + "mlp.W2"], p[pre + "mlp.b2"])
             x = x + m_out  # (B,T,C)
             block_caches.append(BlockCache(ln1, attn_cache, ln2, fc, gelu, proj))
         return x, block_caches
 
     def _head(self, x):
         """x (B,T,C) -> (logits (B,T,V), ln_f cache, xf (B,T,C))."""
-        p = self.params
-        xf, ln_f = layers.layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])  # (B,T,C)
+        p, ops = self.params, self.ops
+        xf, ln_f = ops.layernorm_forward(x, p["ln_f.g"], p["ln_f.b"])  # (B,T,C)
         return xf @ p["wte"].T, ln_f, xf  # (B,T,V)
 
     def forward(self, idx):
@@ -232,7 +248,7 @@ class SynthesizerLM:
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {targets.shape} differs from idx shape {idx.shape}")
         logits, _ = self._forward(idx)
-        loss, _ = layers.cross_entropy_forward(logits, targets)
+        loss, _ = self.ops.cross_entropy_forward(logits, targets)
         return float(loss)
 
     # --------------------------------------------------------------- backward
@@ -242,35 +258,35 @@ class SynthesizerLM:
         self._check_idx(targets, "targets")
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {targets.shape} differs from idx shape {idx.shape}")
-        p = self.params
+        p, ops = self.params, self.ops
         logits, cache = self._forward(idx)
-        loss, ce = layers.cross_entropy_forward(logits, targets)
+        loss, ce = ops.cross_entropy_forward(logits, targets)
         grads = {}
         B, T = idx.shape
         C, V = self.config.d_model, self.config.vocab_size
 
         # loss = mean cross-entropy(logits, targets)
-        dlogits = layers.cross_entropy_backward(1.0, ce)  # (B,T,V)
+        dlogits = ops.cross_entropy_backward(1.0, ce)  # (B,T,V)
         # logits = xf @ wte^T  (the first use of the tied embedding)
         dxf = dlogits @ p["wte"]  # (B,T,C)
         dwte = dlogits.reshape(-1, V).T @ cache.xf.reshape(-1, C)  # (V,C) summed over b and t
         # xf = ln_f(x)
-        dx, grads["ln_f.g"], grads["ln_f.b"] = layers.layernorm_backward(dxf, cache.ln_f)
+        dx, grads["ln_f.g"], grads["ln_f.b"] = ops.layernorm_backward(dxf, cache.ln_f)
         for i in reversed(range(len(self.attn))):
             pre = f"blocks.{i}."
             bc = cache.blocks[i]
             # x = x + gelu(ln2(x) @ W1 + b1) @ W2 + b2
-            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = layers.linear_backward(dx, bc.proj)
-            dh = layers.gelu_backward(dhg, bc.gelu)  # (B,T,4C)
-            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = layers.linear_backward(dh, bc.fc)
-            dx_ln2, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = layers.layernorm_backward(
+            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = ops.linear_backward(dx, bc.proj)
+            dh = ops.gelu_backward(dhg, bc.gelu)  # (B,T,4C)
+            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = ops.linear_backward(dh, bc.fc)
+            dx_ln2, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = ops.layernorm_backward(
                 dm_in, bc.ln2
             )
             dx = dx + dx_ln2  # (B,T,C) the residual passes dx through unchanged
             # x = x + attn(ln1(x))
             da_in, attn_grads = self.attn[i].backward(dx, bc.attn)
             grads.update({pre + "attn." + n: g for n, g in attn_grads.items()})
-            dx_ln1, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = layers.layernorm_backward(
+            dx_ln1, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = ops.layernorm_backward(
                 da_in, bc.ln1
             )
             dx = dx + dx_ln1  # (B,T,C)
@@ -279,7 +295,7 @@ class SynthesizerLM:
         dwpe[:T] = dx.sum(axis=0)
         grads["wpe"] = dwpe
         emb_cache = layers.EmbeddingCache(idx, V)
-        grads["wte"] = dwte + layers.embedding_backward(dx, emb_cache)  # tied: both uses add
+        grads["wte"] = dwte + ops.embedding_backward(dx, emb_cache)  # tied: both uses add
         return float(loss), {name: grads[name] for name in p}
 
     # --------------------------------------------------------------- decoding

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from . import layers
 from ._validate import (
     check_array_dict,
     check_nonneg_int,
@@ -34,6 +35,7 @@ from ._validate import (
     check_real,
     check_same_keys,
 )
+from .backend import backend_of, operations
 
 # The synthetic logits of the Random kinds: each entry is a logit of its own.
 SYNTHETIC_LOGIT_NAMES = frozenset({"R", "R1", "R2"})
@@ -125,6 +127,9 @@ class AdamW:
         A positive multiplier of the learning rate per parameter (a parameter
         group's rate); 1 for every parameter if ``None``. See
         :func:`synthetic_logits_lr_scale`.
+    backend : "numpy" or "numba"
+        The per-array update: :func:`adamw_update` (the reference, default) or
+        its Numba twin (see :mod:`minisynth.backend`).
 
     Attributes
     ----------
@@ -147,7 +152,11 @@ class AdamW:
         weight_decay=0.1,
         decay_filter: Callable[[str, np.ndarray], bool] | None = None,
         lr_scale: Callable[[str, np.ndarray], float] | None = None,
+        backend="numpy",
     ):
+        ops = operations(backend)
+        self.update = adamw_update if ops is layers else ops.adamw_update  # or its twin
+        self.backend = backend_of(ops)
         check_array_dict("params", params)
         for name, p in params.items():
             if not p.flags.writeable:
@@ -206,7 +215,7 @@ class AdamW:
         self.t += 1
         for name, p in self.params.items():
             wd = self.weight_decay if self.decay[name] else 0.0
-            adamw_update(
+            self.update(
                 p, grads[name], self.m[name], self.v[name],
                 lr * self.lr_scale[name], self.beta1, self.beta2, self.eps, wd, self.t,
             )  # fmt: skip

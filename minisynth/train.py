@@ -29,9 +29,9 @@ import numpy as np
 from tqdm.auto import tqdm  # a widget in notebooks, a text bar in terminals
 
 from . import checkpoint as ckpt
-from . import fast, layers
+from . import fast
+from .backend import check_backend
 from .data import canonical_data_spec, data_fingerprint, get_batch, iter_eval_windows, load_data
-from .fast import get_backend, use_backend
 from .model import SynthesizerLM
 from .optim import AdamW, clip_grad_norm, lr_schedule, synthetic_logits_lr_scale
 
@@ -146,7 +146,7 @@ def evaluate(model, data, batch_size=32):
     total, count = 0.0, 0
     for x, y in iter_eval_windows(data, model.config.max_len, batch_size):
         logits = fast.logits(model, x)  # (B,T,V)
-        loss, _ = layers.cross_entropy_forward(logits, y)
+        loss, _ = model.ops.cross_entropy_forward(logits, y)
         total += float(loss) * y.size
         count += y.size
     return total / count / LN2
@@ -200,10 +200,10 @@ _compiled_in_this_process = False
 
 
 def _compile_kernels_once(model, data, log):
-    """On the Numba backend, compile the kernels on one tiny batch before the progress bar
+    """For a Numba model, compile the kernels on one tiny batch before the progress bar
     starts (its first step would otherwise take seconds and skew the time estimate)."""
     global _compiled_in_this_process
-    if get_backend() != "numba" or _compiled_in_this_process:
+    if model.backend != "numba" or _compiled_in_this_process:
         return
     log("preparing the Numba kernels (compiled on first use: 5-10 s; cached on disk after)")
     x, y = get_batch(data, 1, model.config.max_len, np.random.default_rng(0))
@@ -233,14 +233,17 @@ def train(
     unless ``force=True``, which deletes them. ``stop_after=n`` stops after n
     steps of this call exactly as an interruption would (checkpoint saved,
     resumable): for time-boxed runs and for testing resumption. ``backend`` is the
-    path to train on (``"numba"``, the fast path, or ``"numpy"``, the reference;
-    see :mod:`minisynth.fast`), restored on return.
+    code the model and the optimizer are built with (``"numba"``, the fast path, or
+    ``"numpy"``, the reference; see :mod:`minisynth.backend`); nothing outside them
+    changes.
     """
-    with use_backend(backend):
-        return _train(model_config, train_config, out_dir, resume, force, progress, log, stop_after)
+    check_backend(backend)
+    return _train(
+        model_config, train_config, out_dir, resume, force, progress, log, stop_after, backend
+    )
 
 
-def _train(model_config, train_config, out_dir, resume, force, progress, log, stop_after):
+def _train(model_config, train_config, out_dir, resume, force, progress, log, stop_after, backend):
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
@@ -258,7 +261,7 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        model, data = ckpt.load_checkpoint(ckpt_path)
+        model, data = ckpt.load_checkpoint(ckpt_path, backend=backend)
         start = int(data["step"])
         saved_model_config, saved_config, saved_data = _saved_settings(data)
         differences = setting_differences(saved_model_config, model_config)
@@ -295,12 +298,13 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
     for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
         stale.unlink(missing_ok=True)
     if not resume:
-        model = SynthesizerLM(model_config, seed=tc.seed)
+        model = SynthesizerLM(model_config, seed=tc.seed, backend=backend)
     optimizer = AdamW(
         model.params,
         lr=tc.lr,
         weight_decay=tc.weight_decay,
         lr_scale=synthetic_logits_lr_scale(tc.synthetic_lr_scale),
+        backend=backend,
     )
     if resume:
         optimizer.load_state_dict(ckpt.optimizer_state(data))
@@ -315,7 +319,7 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
     tc_dict = dataclasses.asdict(tc)
     log(
         f"{model_config.attention}: {model.num_params():,} parameters, data {description}, "
-        f"backend {get_backend()}"
+        f"backend {model.backend}"
     )
 
     def save(step):

@@ -80,29 +80,26 @@ def assert_gradient_close(name, analytic, numeric, tol=GRAD_TOL):
     assert err <= tol, f"gradient of {name}: relative error {err:.3e} > {tol}"
 
 
-OPENBLAS = threads.numpy_openblas()
+BLAS = threads.blas()  # threadpoolctl's controller of the BLAS libraries NumPy loaded
+HAS_BLAS = bool(BLAS.lib_controllers)
 
 
 @contextlib.contextmanager
 def two_shards():
-    """OpenBLAS on 2 threads, so the fast path splits every batch of two or more rows,
+    """BLAS on 2 threads, so the fast path splits every batch of two or more rows,
     attention maps in steps of one and causal products in blocks of 2 rows (so tiny
     test shapes take full-size training's paths);
-    yields the list of thread-pool sizes used. Without NumPy's OpenBLAS nothing splits:
-    the list stays empty, and tests that need a split should skip."""
+    yields the list of thread-pool sizes used. Without a BLAS threadpoolctl can
+    control nothing splits: the list stays empty, and tests that need a split should skip."""
     splits = []
-    if OPENBLAS is None:
+    if not HAS_BLAS:
         yield splits
         return
-    previous = OPENBLAS.get_num_threads()
-    OPENBLAS.set_num_threads(2)
     real_workers = threads._workers
-    try:
-        with (
-            mock.patch.object(kernels, "CACHE_BYTES", 1),
-            mock.patch.object(causal, "CAUSAL_BLOCK", 2),
-            mock.patch.object(threads, "_workers", lambda n: splits.append(n) or real_workers(n)),
-        ):
-            yield splits
-    finally:
-        OPENBLAS.set_num_threads(previous)
+    with (
+        BLAS.limit(limits=2),  # restores the thread count on exit
+        mock.patch.object(kernels, "CACHE_BYTES", 1),
+        mock.patch.object(causal, "CAUSAL_BLOCK", 2),
+        mock.patch.object(threads, "_workers", lambda n: splits.append(n) or real_workers(n)),
+    ):
+        yield splits

@@ -1,4 +1,4 @@
-"""Numba kernels against their NumPy twins, and the backend switch.
+"""Numba kernels against their NumPy twins, and the backends that hand them out.
 
 Parity rule (``assert_parity``): a kernel result must have the twin's type,
 shape and dtype, and agree elementwise with
@@ -16,7 +16,6 @@ as plain Python), which checks the kernel logic independently of compilation.
 """
 
 import inspect
-import os
 import subprocess
 import sys
 
@@ -28,8 +27,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from numba.core.errors import TypingError
 
-from minisynth import layers, optim
-from minisynth.fast import backend, kernels
+from minisynth import ModelConfig, SynthesizerLM, attention, backend, layers, optim
+from minisynth.fast import kernels
+from minisynth.fast import ops as fast_ops
 
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 ATOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-12}
@@ -51,14 +51,9 @@ def numba_must_work():
 
 @pytest.fixture
 def fresh_backend(monkeypatch):
-    """Let a test change the backend state; restored afterwards (the swapped functions too)."""
-    previous = backend.get_backend()
-    for name in ("_active", "_numba_problem"):
-        monkeypatch.setattr(backend, name, getattr(backend, name))
-    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    """Let a test record a Numba problem for the process; forgotten afterwards."""
+    monkeypatch.setattr(backend, "_numba_problem", None)
     yield monkeypatch
-    monkeypatch.undo()
-    backend.set_backend(previous)
 
 
 # ----------------------------------------------------------------------- helpers
@@ -118,8 +113,8 @@ def test_layernorm_matches_twin(dtype, lead, C, seed, contiguous):
     before = snapshot(x, g, b)
     out, cache = kernels.layernorm_forward(x, g, b)
     assert_unchanged(before, [x, g, b])
-    ref_out, ref_cache = layers.layernorm_forward(x, g, b)
-    true_out, true_cache = truth_of(layers.layernorm_forward, x, g, b)
+    ref_out, ref_cache = kernels.layernorm_forward.reference(x, g, b)
+    true_out, true_cache = truth_of(kernels.layernorm_forward.reference, x, g, b)
     assert type(cache) is layers.LayerNormCache
     assert cache.g is g  # the twin stores the caller's gain
     assert_parity(out, ref_out, true_out, what="out")
@@ -133,8 +128,8 @@ def test_layernorm_matches_twin(dtype, lead, C, seed, contiguous):
     grads = kernels.layernorm_backward(dout, ref_cache)
     assert_unchanged(before, [dout, *ref_cache])
     assert_no_aliasing(grads, [x, g, b, dout, *ref_cache])
-    ref = layers.layernorm_backward(dout, ref_cache)
-    true = truth_of(layers.layernorm_backward, dout, ref_cache)
+    ref = kernels.layernorm_backward.reference(dout, ref_cache)
+    true = truth_of(kernels.layernorm_backward.reference, dout, ref_cache)
     # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) cancels: scale atol by its terms
     terms = np.max(ref_cache.rstd) * np.max(np.abs(dout * g)) * (1.0 + np.max(ref_cache.xhat**2))
     assert isinstance(grads, tuple) and len(grads) == 3
@@ -153,11 +148,11 @@ def test_layernorm_backward_spans_several_row_blocks(dtype):
         uniform(rng, (C,), dtype=dtype),
         uniform(rng, (C,), dtype=dtype),
     )
-    _, cache = layers.layernorm_forward(x, g, b)
+    _, cache = kernels.layernorm_forward.reference(x, g, b)
     dout = upstream(rng, (N, C), dtype=dtype)  # (N, C)
     got = kernels.layernorm_backward(dout, cache)
-    ref = layers.layernorm_backward(dout, cache)
-    true = truth_of(layers.layernorm_backward, dout, cache)
+    ref = kernels.layernorm_backward.reference(dout, cache)
+    true = truth_of(kernels.layernorm_backward.reference, dout, cache)
     for name, a, d, t in zip(("dx", "dg", "db"), got, ref, true, strict=True):
         assert_parity(a, d, t, what=name)
 
@@ -195,9 +190,9 @@ def test_gelu_matches_twin(dtype, shape, seed, contiguous):
     before = snapshot(x)
     out, cache = kernels.gelu_forward(x)
     assert_unchanged(before, [x])
-    ref_out, _ = layers.gelu_forward(x)
+    ref_out, _ = kernels.gelu_forward.reference(x)
     assert type(cache) is layers.GeluCache and cache.x is x
-    assert_parity(out, ref_out, truth_of(layers.gelu_forward, x)[0], what="out")
+    assert_parity(out, ref_out, truth_of(kernels.gelu_forward.reference, x)[0], what="out")
 
     dout = upstream(rng, shape, dtype=dtype)  # (...)
     dout = dout if contiguous else strided(dout)
@@ -205,8 +200,8 @@ def test_gelu_matches_twin(dtype, shape, seed, contiguous):
     dx = kernels.gelu_backward(dout, cache)
     assert_unchanged(before, [dout, x])
     assert_no_aliasing([dx], [x, dout])
-    ref = layers.gelu_backward(dout, cache)
-    assert_parity(dx, ref, truth_of(layers.gelu_backward, dout, cache), what="dx")
+    ref = kernels.gelu_backward.reference(dout, cache)
+    assert_parity(dx, ref, truth_of(kernels.gelu_backward.reference, dout, cache), what="dx")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -215,9 +210,9 @@ def test_gelu_far_from_zero(dtype):
     x = np.array([-1e3, -50.0, -12.0, 12.0, 50.0, 1e3], dtype=dtype)  # (6,)
     dout = np.linspace(-1.0, 2.0, x.size).astype(dtype)  # (6,)
     out, cache = kernels.gelu_forward(x)
-    np.testing.assert_array_equal(out, layers.gelu_forward(x)[0])
+    np.testing.assert_array_equal(out, kernels.gelu_forward.reference(x)[0])
     np.testing.assert_array_equal(
-        kernels.gelu_backward(dout, cache), layers.gelu_backward(dout, cache)
+        kernels.gelu_backward(dout, cache), kernels.gelu_backward.reference(dout, cache)
     )
 
 
@@ -242,8 +237,8 @@ def test_cross_entropy_matches_twin(dtype, lead, V, seed, contiguous, masked):
     before = snapshot(logits, targets)
     loss, cache = kernels.cross_entropy_forward(logits, targets)
     assert_unchanged(before, [logits, targets])
-    ref_loss, ref_cache = layers.cross_entropy_forward(logits, targets)
-    true_loss, true_cache = truth_of(layers.cross_entropy_forward, logits, targets)
+    ref_loss, ref_cache = kernels.cross_entropy_forward.reference(logits, targets)
+    true_loss, true_cache = truth_of(kernels.cross_entropy_forward.reference, logits, targets)
     assert type(cache) is layers.CrossEntropyCache
     assert_parity(loss, ref_loss, true_loss, what="loss")
     assert_parity(cache.probs, ref_cache.probs, true_cache.probs, what="probs")
@@ -256,8 +251,8 @@ def test_cross_entropy_matches_twin(dtype, lead, V, seed, contiguous, masked):
     dlogits = kernels.cross_entropy_backward(dloss, ref_cache)
     assert_unchanged(before, [dloss, *ref_cache[:2]])
     assert_no_aliasing([dlogits], [logits, targets, *ref_cache[:2]])
-    ref = layers.cross_entropy_backward(dloss, ref_cache)
-    true = truth_of(layers.cross_entropy_backward, dloss, ref_cache)
+    ref = kernels.cross_entropy_backward.reference(dloss, ref_cache)
+    true = truth_of(kernels.cross_entropy_backward.reference, dloss, ref_cache)
     assert_parity(dlogits, ref, true, what="dlogits")
 
 
@@ -273,8 +268,8 @@ def test_embedding_backward_matches_twin(dtype, lead, V, C, seed):
     dW = kernels.embedding_backward(dout, cache)
     assert_unchanged(before, [idx, dout])
     assert_no_aliasing([dW], [idx, W, dout])
-    ref = layers.embedding_backward(dout, cache)
-    assert_parity(dW, ref, truth_of(layers.embedding_backward, dout, cache), what="dW")
+    ref = kernels.embedding_backward.reference(dout, cache)
+    assert_parity(dW, ref, truth_of(kernels.embedding_backward.reference, dout, cache), what="dW")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -286,7 +281,7 @@ def test_embedding_backward_adds_in_the_order_of_add_at(dtype):
     _, cache = layers.embedding_forward(idx, uniform(rng, (V, C), dtype=dtype))
     dout = strided(upstream(rng, (3, 50, C), dtype=dtype))  # (B, T, C)
     np.testing.assert_array_equal(
-        kernels.embedding_backward(dout, cache), layers.embedding_backward(dout, cache)
+        kernels.embedding_backward(dout, cache), kernels.embedding_backward.reference(dout, cache)
     )
 
 
@@ -316,10 +311,10 @@ def test_adamw_matches_twin(dtype, shape, seed, steps, weight_decay, contiguous)
         )
         assert out is None
         assert_unchanged(before, [g])
-        optim.adamw_update(
+        kernels.adamw_update.reference(
             state_r[0], g, state_r[1], state_r[2], **hp, weight_decay=weight_decay, t=t
         )
-        optim.adamw_update(
+        kernels.adamw_update.reference(
             state_t[0], g.astype(np.float64), state_t[1], state_t[2], **hp,
             weight_decay=weight_decay, t=t,
         )  # fmt: skip
@@ -349,64 +344,37 @@ def test_jit_options_keep_infinities():
 
 
 # ---------------------------------------------------------------------- backend
-def test_set_get_backend(fresh_backend):
-    assert backend.set_backend("numpy") == "numpy"
-    assert backend.get_backend() == "numpy"
-    assert backend.set_backend("numba") == "numba"
-    assert backend.get_backend() == "numba"
+def test_each_backend_hands_out_its_own_functions():
+    assert backend.operations("numpy") is layers
+    assert backend.operations("numba") is fast_ops
+    assert backend.backend_of(layers) == "numpy" and backend.backend_of(fast_ops) == "numba"
 
 
-def test_use_backend_restores_the_previous_backend(fresh_backend):
-    backend.set_backend("numba")
-    with backend.use_backend("numpy") as active:
-        assert active == "numpy" and backend.get_backend() == "numpy"
-        with backend.use_backend("numba"):
-            assert backend.get_backend() == "numba"
-        assert backend.get_backend() == "numpy"
-    assert backend.get_backend() == "numba"
-    with pytest.raises(KeyError), backend.use_backend("numpy"):
-        raise KeyError("the block fails")
-    assert backend.get_backend() == "numba"
+def test_the_fast_namespace_has_every_reference_function_or_its_twin():
+    public = {
+        name: fn
+        for name, fn in vars(layers).items()
+        if inspect.isfunction(fn) and fn.__module__ == layers.__name__ and name[0] != "_"
+    }
+    assert set(fast_ops.__all__) == set(public) | {"adamw_update"}
+    for name, reference in {**public, "adamw_update": optim.adamw_update}.items():
+        fn = getattr(fast_ops, name)
+        assert fn is reference or fn.reference is reference, name
+    twins = {name for name in fast_ops.__all__ if getattr(fast_ops, name) in kernels.TWINS}
+    assert twins == set(TWIN_NAMES)  # every kernel is handed out
 
 
 @pytest.mark.parametrize("name", ["torch", "NumPy", "", None])
-def test_unknown_backend_names_are_rejected(fresh_backend, name):
-    backend.set_backend("numpy")
-    with pytest.raises(ValueError, match="valid backends are 'numpy', 'numba'"):
-        backend.set_backend(name)
-    with pytest.raises(ValueError, match="valid backends"), backend.use_backend(name):
-        pass
-    assert backend.get_backend() == "numpy"
-
-
-@pytest.mark.parametrize(
-    ("env", "expected"), [(None, "numpy"), ("", "numpy"), ("numba", "numba"), ("numpy", "numpy")]
-)
-def test_initial_backend_comes_from_the_environment(fresh_backend, env, expected):
-    backend._active = None  # as at import: not yet resolved
-    if env is not None:
-        fresh_backend.setenv(backend.ENV_VAR, env)
-    assert backend.get_backend() == expected
-
-
-def test_a_misspelt_environment_backend_is_an_error(fresh_backend):
-    backend._active = None
-    fresh_backend.setenv(backend.ENV_VAR, "nmuba")
-    with pytest.raises(ValueError, match=f"{backend.ENV_VAR}.*valid backends"):
-        backend.get_backend()
-
-
-def test_the_backend_swaps_each_twin_into_the_reference_module(fresh_backend):
-    modules = {layers.__name__: layers, optim.__name__: optim}
-    assert {twin.reference.__name__ for twin in kernels.TWINS} == set(TWIN_NAMES)
-    for b in ("numba", "numpy", "numba"):  # and back again
-        backend.set_backend(b)
-        for twin in kernels.TWINS:
-            module = modules[twin.reference.__module__]
-            expected = twin if b == "numba" else twin.reference
-            assert getattr(module, twin.reference.__name__) is expected
-    backend.set_backend("numpy")
-    assert layers.relu_forward.__module__ == layers.__name__  # no twin: always the reference
+def test_unknown_backend_names_are_rejected(name):
+    config = ModelConfig(d_model=8, n_heads=2, n_layers=1, max_len=4)
+    for build in (
+        lambda: backend.operations(name),
+        lambda: SynthesizerLM(config, backend=name),
+        lambda: attention.build("dense", 8, 2, 4, backend=name),
+        lambda: optim.AdamW({"w": np.zeros(2)}, backend=name),
+    ):
+        with pytest.raises(ValueError, match="valid backends are 'numpy', 'numba'"):
+            build()
 
 
 def test_a_kernel_that_fails_to_compile_falls_back_with_one_warning(fresh_backend):
@@ -414,20 +382,21 @@ def test_a_kernel_that_fails_to_compile_falls_back_with_one_warning(fresh_backen
         raise TypingError("simulated compile failure")
 
     fresh_backend.setattr(kernels, "_gelu_exp_arg", broken)
-    backend.set_backend("numba")
+    model = SynthesizerLM(ModelConfig(d_model=8, n_heads=2, n_layers=1, max_len=4), backend="numba")
+    assert model.backend == "numba"
     x = np.linspace(-2.0, 2.0, 7)  # (7,)
     with pytest.warns(RuntimeWarning, match="gelu_forward failed to compile") as record:
         out, cache = kernels.gelu_forward(x)
         kernels.gelu_forward(x)  # no second warning
-        assert backend.set_backend("numba") == "numpy"  # Numba stays off for the process
+        assert backend.operations("numba") is layers  # Numba stays off for the process
     assert len(record) == 1
-    np.testing.assert_array_equal(out, layers.gelu_forward(x)[0])
-    assert backend.get_backend() == "numpy"
-    assert layers.gelu_forward is kernels.gelu_forward.reference  # swapped back
-    # other kernels now go straight to their twins too
+    np.testing.assert_array_equal(out, kernels.gelu_forward.reference(x)[0])
+    assert model.backend == "numpy"  # what computes it now
+    assert layers.gelu_forward is kernels.gelu_forward.reference  # the module is untouched
+    # other kernels now go straight to their references too
     _, ln_cache = kernels.layernorm_forward(x, np.ones(7), np.zeros(7))
     np.testing.assert_array_equal(
-        ln_cache.xhat, layers.layernorm_forward(x, np.ones(7), np.zeros(7))[1].xhat
+        ln_cache.xhat, kernels.layernorm_forward.reference(x, np.ones(7), np.zeros(7))[1].xhat
     )
 
 
@@ -437,17 +406,16 @@ import sys, warnings
 sys.modules["numba"] = None  # `import numba` now raises ImportError
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    from minisynth import layers
-    from minisynth.fast import backend
+    from minisynth import ModelConfig, SynthesizerLM, backend, layers
+    from minisynth.optim import AdamW
     gelu = layers.gelu_forward
-    assert backend.get_backend() == "numpy"
-    assert backend.set_backend("numba") == "numpy"
+    model = SynthesizerLM(ModelConfig(d_model=8, n_heads=2, max_len=4), backend="numba")
+    assert model.backend == "numpy" and model.ops is layers
+    assert AdamW(model.params, backend="numba").backend == "numpy"
+    assert backend.operations("numba") is layers
     assert layers.gelu_forward is gelu
-    with backend.use_backend("numba") as active:
-        assert active == "numpy"
 msgs = [str(w.message) for w in caught if w.category is RuntimeWarning]
 assert len(msgs) == 1 and "numba could not be imported" in msgs[0], msgs
 """
-    env = {k: v for k, v in os.environ.items() if k != backend.ENV_VAR}
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

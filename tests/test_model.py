@@ -2,9 +2,9 @@ import math
 
 import numpy as np
 import pytest
-from helpers import OPENBLAS, assert_gradient_close, two_shards
+from helpers import HAS_BLAS, assert_gradient_close, two_shards
 
-from minisynth import ModelConfig, SynthesizerLM, fast, use_backend
+from minisynth import ModelConfig, SynthesizerLM, fast, layers
 from minisynth.gradcheck import numerical_gradient
 
 ALL_KINDS = [
@@ -59,19 +59,19 @@ def test_parameter_names_follow_the_contract():
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_whole_model_gradient_check(kind, backend):
-    with use_backend(backend):
-        model = SynthesizerLM(tiny(kind), seed=3, dtype=np.float64)
-        rng = np.random.default_rng(0)
-        for p in model.params.values():  # move off the init (zero biases, unit gains)
-            p += rng.uniform(-0.3, 0.3, p.shape)
-        idx = rng.integers(0, 7, size=(2, 4))
-        targets = rng.integers(0, 7, size=(2, 4))
-        loss, grads = model.loss_and_grads(idx, targets)
-        assert set(grads) == set(model.params)
-        assert loss == pytest.approx(model.loss(idx, targets), rel=1e-12)
-        for name, p in model.params.items():
-            numeric = numerical_gradient(lambda: model.loss(idx, targets), p, h=1e-4)
-            assert_gradient_close(f"{kind}: {name}", grads[name], numeric)
+    model = SynthesizerLM(tiny(kind), seed=3, dtype=np.float64, backend=backend)
+    assert (model.ops is layers) == (backend == "numpy")  # the path this test checks
+    rng = np.random.default_rng(0)
+    for p in model.params.values():  # move off the init (zero biases, unit gains)
+        p += rng.uniform(-0.3, 0.3, p.shape)
+    idx = rng.integers(0, 7, size=(2, 4))
+    targets = rng.integers(0, 7, size=(2, 4))
+    loss, grads = model.loss_and_grads(idx, targets)
+    assert set(grads) == set(model.params)
+    assert loss == pytest.approx(model.loss(idx, targets), rel=1e-12)
+    for name, p in model.params.items():
+        numeric = numerical_gradient(lambda: model.loss(idx, targets), p, h=1e-4)
+        assert_gradient_close(f"{kind}: {name}", grads[name], numeric)
 
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
@@ -87,10 +87,13 @@ def test_the_fast_path_gives_the_gradients_checked_above(kind):
     for p in model.params.values():
         p += rng.uniform(-0.3, 0.3, p.shape)
     loss, grads = model.loss_and_grads(idx, targets)  # the reference
-    with use_backend("numba"), two_shards() as splits:
-        loss_split, grads_split = fast.loss_and_grads(model, idx, targets)
-    if OPENBLAS is None:
-        pytest.skip("NumPy's BLAS is not OpenBLAS: nothing splits")
+    fast_model = SynthesizerLM(cfg, seed=3, dtype=np.float64, backend="numba")
+    fast_model.load_state(model.params, model.buffers)
+    assert model.ops is layers and fast_model.ops is not layers
+    with two_shards() as splits:
+        loss_split, grads_split = fast.loss_and_grads(fast_model, idx, targets)
+    if not HAS_BLAS:
+        pytest.skip("no BLAS that threadpoolctl controls: nothing splits")
     assert splits  # the shards ran in two threads
     assert loss_split == pytest.approx(loss, rel=1e-13)
     for name, g in grads.items():

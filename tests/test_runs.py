@@ -269,7 +269,6 @@ def test_first_numba_use_is_announced_before_the_progress_bar(tmp_path, capsys, 
     from minisynth import train as train_module
 
     monkeypatch.setattr(train_module, "_compiled_in_this_process", False)
-    monkeypatch.setattr(train_module, "get_backend", lambda: "numba")
     assert main([*FIRST_RUN, "--steps", "2", "--out", str(tmp_path / "a")]) == 0
     assert main([*FIRST_RUN, "--steps", "2", "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out

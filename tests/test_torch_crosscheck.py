@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from minisynth import ModelConfig, SynthesizerLM, fast, use_backend  # noqa: E402
+from minisynth import ModelConfig, SynthesizerLM, fast, layers  # noqa: E402
 from minisynth.gradcheck import rel_error  # noqa: E402
 from minisynth.optim import AdamW, clip_grad_norm, synthetic_logits_lr_scale  # noqa: E402
 from minisynth.torch_model import SynthesizerTorch, adamw_like, train_step  # noqa: E402
@@ -43,13 +43,13 @@ OPTION_CASES = [
 ]
 
 
-def tiny_model(kind, dtype, seed=1, **options):
+def tiny_model(kind, dtype, seed=1, backend="numpy", **options):
     """A tiny model moved off its init (zero biases, unit gains, equal mixture weights)."""
     config = ModelConfig(
         vocab_size=V, d_model=8, n_heads=2, n_layers=2, max_len=8, attention=kind,
         attention_options=options,
     )  # max_len 8 gives factorized_dense the factors (2, 4)  # fmt: skip
-    model = SynthesizerLM(config, seed=seed, dtype=dtype)
+    model = SynthesizerLM(config, seed=seed, dtype=dtype, backend=backend)
     rng = np.random.default_rng(seed)
     for p in list(model.params.values()) + list(model.buffers.values()):
         p += rng.uniform(-0.3, 0.3, p.shape).astype(dtype)
@@ -79,10 +79,10 @@ def test_options_match_torch_autograd(kind, options):
 
 
 def check_against_autograd(kind, backend, **options):
-    model, idx, targets = tiny_model(kind, np.float64, **options)
+    model, idx, targets = tiny_model(kind, np.float64, backend=backend, **options)
+    assert (model.ops is layers) == (backend == "numpy")  # the path this test checks
     tmodel = SynthesizerTorch.from_minisynth(model)
-    with use_backend(backend):
-        loss, grads = fast.loss_and_grads(model, idx, targets)  # numba: the batch in shards
+    loss, grads = fast.loss_and_grads(model, idx, targets)  # numba: the batch in shards
     t_loss, t_grads = tmodel.loss_and_grads(idx, targets)
     assert loss == pytest.approx(t_loss, rel=1e-10)
     assert set(grads) == set(t_grads)

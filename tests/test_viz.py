@@ -11,7 +11,6 @@ import pytest
 from minisynth import viz
 from minisynth.checkpoint import save_checkpoint
 from minisynth.cli import main
-from minisynth.fast.backend import use_backend
 from minisynth.model import ModelConfig, SynthesizerLM
 from minisynth.train import TrainConfig, train
 
@@ -20,13 +19,6 @@ TEXT = "Hi,\nworld $5"  # a newline, a space and a '$' (mathtext) in the tick la
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def numpy_backend():
-    """The NumPy reference path: no Numba compilation, so the module stays fast."""
-    with use_backend("numpy"):
-        yield
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three tiny checkpoints: a trained mixture, an untrained random, a 3-head vanilla."""
@@ -37,6 +29,7 @@ def runs(tmp_path_factory):
         root / "mix",
         progress=False,
         log=lambda *a: None,
+        backend="numpy",  # the reference: no Numba compilation, so the module stays fast
     )
     paths = {"mix": root / "mix" / "checkpoint.npz", "mix_dir": root / "mix"}
     for name, cfg in (

@@ -2,42 +2,47 @@
 
 The reference (:mod:`minisynth.layers`, :mod:`~minisynth.attention`,
 :mod:`~minisynth.model`, :mod:`~minisynth.optim`) is written as the math and
-imports nothing from here. The fast path plugs in at two places:
+imports nothing from here. A model, attention layer or optimizer built with
+``backend="numba"`` takes the fast path, for itself alone (see
+:mod:`minisynth.backend`):
 
 1. **Kernels** (:mod:`minisynth.fast.kernels`): Numba twins of reference
    functions, each naming the function it replaces (``kernel.reference``).
-   :func:`set_backend` ``("numba")`` swaps them into the reference modules'
-   namespaces (:mod:`minisynth.fast.backend`); ``set_backend("numpy")`` swaps
-   the references back. The reference calls ``layers.gelu_forward(x)`` either way.
+   :mod:`minisynth.fast.ops` is the namespace such a model calls
+   (``model.ops``): the reference's functions, with the twins in their place.
 2. **Threads** (:mod:`minisynth.fast.threads`): :func:`loss_and_grads` and
-   :func:`logits` split the batch into one shard per core and run the
-   reference model on each shard at once, with NumPy's BLAS single-threaded.
+   :func:`logits` split the batch of a ``"numba"`` model into one shard per
+   core and run the model on each shard at once, with BLAS single-threaded.
 
 Plus :mod:`minisynth.fast.allocator`, the glibc malloc setting the ``minisynth``
-command applies. Which path you are on: :func:`get_backend`. The default is the
-reference (``"numpy"``), so a learner who steps into a model in a debugger lands
-in the math; ``minisynth train``, :func:`minisynth.train.train` and the
-benchmarks select ``"numba"``, and ``MINISYNTH_BACKEND`` sets the default.
+command applies. ``minisynth train``, :func:`minisynth.train.train` and the
+benchmarks build their models with ``backend="numba"``; a model built in Python
+is the reference unless asked otherwise.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_backend, set_backend, use_backend
 from .threads import run_sharded
 
-__all__ = ["get_backend", "set_backend", "use_backend", "loss_and_grads", "logits"]
+__all__ = ["loss_and_grads", "logits"]
+
+
+def _splits(model, idx):
+    """Whether the fast path splits this call: a ``"numba"`` model and a well-formed batch
+    (anything else goes to the model unsplit, which also names any problem)."""
+    return model.backend == "numba" and isinstance(idx, np.ndarray) and idx.ndim == 2
 
 
 def loss_and_grads(model, idx, targets):
-    """``model.loss_and_grads(idx, targets)``; on the fast path, the batch split over threads.
+    """``model.loss_and_grads(idx, targets)``; a ``"numba"`` model's batch split over threads.
 
     Each shard's mean loss and gradients are weighted by its share of the batch
     rows, which gives the whole batch's mean (up to float rounding).
     """
-    if get_backend() != "numba" or not isinstance(idx, np.ndarray) or idx.ndim != 2:
-        return model.loss_and_grads(idx, targets)  # (which also names any problem)
+    if not _splits(model, idx):
+        return model.loss_and_grads(idx, targets)
     B = idx.shape[0]
     shards = run_sharded(
         lambda lo, hi: (hi - lo, *model.loss_and_grads(idx[lo:hi], targets[lo:hi])), B
@@ -56,8 +61,8 @@ def loss_and_grads(model, idx, targets):
 
 
 def logits(model, idx):
-    """``model.forward(idx)``; on the fast path, the batch split over threads."""
-    if get_backend() != "numba" or not isinstance(idx, np.ndarray) or idx.ndim != 2:
+    """``model.forward(idx)``; for a ``"numba"`` model, the batch split over threads."""
+    if not _splits(model, idx):
         return model.forward(idx)
     shards = run_sharded(lambda lo, hi: model.forward(idx[lo:hi]), idx.shape[0])
     return shards[0] if len(shards) == 1 else np.concatenate(shards, axis=0)

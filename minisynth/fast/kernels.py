@@ -3,7 +3,8 @@
 Each function in :data:`TWINS` has the signature and the return types (the same
 NamedTuple caches) of the reference function it replaces, named by its
 ``reference`` attribute (:mod:`minisynth.layers`; ``adamw_update``:
-:mod:`minisynth.optim`); :mod:`minisynth.fast.backend` swaps them in. Like their
+:mod:`minisynth.optim`); :mod:`minisynth.fast.ops` hands them to the models built
+with ``backend="numba"``. Like their
 references, they trust their callers (the public entry points check inputs),
 except that ids and targets are bounds-checked, since compiled code would
 otherwise read or write out of bounds. A public function is a thin Python
@@ -33,8 +34,8 @@ Conventions
   So the exp-heavy kernels (GELU, softmax / cross-entropy) run as a jitted pass
   that writes the exponent into a fresh buffer, ``np.exp`` in place on it, and a
   jitted pass that finishes the job in the same buffer.
-* If a kernel fails to compile, its wrapper tells :mod:`minisynth.fast.backend`
-  (one RuntimeWarning; the backend switches to the reference) and returns the
+* If a kernel fails to compile, its wrapper tells :mod:`minisynth.backend`
+  (one RuntimeWarning; from then on every kernel calls its reference) and returns the
   reference's result.
 
 Shape letters are those of :mod:`minisynth.layers`; ``P`` is the number of
@@ -50,18 +51,18 @@ import numpy as np
 from numba import jit, prange
 from numba.core.errors import NumbaError
 
-from .. import layers, optim
+from .. import backend, layers, optim
 from .._validate import check_int_array
 from ..layers import (
     GELU_CUBIC,
     GELU_SCALE,
     LAYERNORM_EPS,
+    AttentionCoreCache,
     CrossEntropyCache,
     GeluCache,
     LayerNormCache,
 )
-from . import backend
-from .causal import CausalGrad, causal_outer, causal_product
+from .causal import causal_outer, causal_product
 
 __all__ = [
     "layernorm_forward",
@@ -105,9 +106,9 @@ def _falls_back_to(reference):
 
     Compilation happens on the first call for each dtype, so a broken Numba /
     LLVM shows up here as a ``NumbaError``. The wrapper reports it to
-    :func:`minisynth.fast.backend.disable_numba` (one RuntimeWarning for the process,
-    the backend becomes "numpy") and from then on every kernel simply calls its
-    twin. Input-check errors (TypeError / ValueError) are not NumbaErrors and
+    :func:`minisynth.backend.report_numba_problem` (one RuntimeWarning for the
+    process; ``"numba"`` gives the reference from then on) and every kernel
+    simply calls its reference. Input-check errors (TypeError / ValueError) are not NumbaErrors and
     propagate unchanged. ``functools.wraps`` keeps the kernel's name, docstring
     and signature.
     """
@@ -120,7 +121,7 @@ def _falls_back_to(reference):
                     return kernel(*args, **kwargs)
                 except NumbaError as err:
                     first_line = str(err).strip().split("\n", 1)[0]  # Numba errors are long
-                    backend.disable_numba(
+                    backend.report_numba_problem(
                         f"the Numba kernel {kernel.__name__} failed to compile "
                         f"({type(err).__name__}: {first_line})"
                     )
@@ -563,7 +564,7 @@ def attention_core_forward(S, v, causal):
     if S.ndim == 3:  # shared: one (H,T,T) softmax, then the products; nothing to fuse
         probs_h, _ = layers.softmax_forward(S, causal=causal)  # (H,T,T)
         o = causal_product(probs_h, v) if causal else probs_h @ v  # (B,H,T,hs)
-        return o, np.broadcast_to(probs_h, (B, H, T, T))
+        return o, AttentionCoreCache(np.broadcast_to(probs_h, (B, H, T, T)), v, True, causal)
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     S_maps = np.ascontiguousarray(S).reshape(B * H, T, T)  # (B*H,T,T) one map per (b, h)
     P_maps = probs.reshape(B * H, T, T)  # (B*H,T,T) a view of probs
@@ -577,7 +578,7 @@ def attention_core_forward(S, v, causal):
         np.exp(z, out=z)
         _attention_normalise_rows(causal, z)
     o = causal_product(probs, v) if causal else probs @ v  # (B,H,T,hs)
-    return o, probs
+    return o, AttentionCoreCache(probs, v, False, causal)
 
 
 @jit(**JIT_OPTS)
@@ -599,10 +600,15 @@ def _softmax_backward_rows(probs, dS, causal):
 
 
 @_falls_back_to(layers.attention_core_backward)
-def attention_core_backward(do, probs, v, shared, causal=False):
-    """Twin of :func:`minisynth.layers.attention_core_backward` (BLAS dP, dv; jitted softmax)."""
+def attention_core_backward(do, cache):
+    """Twin of :func:`minisynth.layers.attention_core_backward` (BLAS dP, dv; jitted softmax).
+
+    Shared logits: the batch sum of dP is one product per head, the batch folded
+    into the columns. Causal maps: the products leave out the blocks above the
+    diagonal, where P and dS are zero.
+    """
+    probs, v, shared, causal = cache
     B, H, T, hs = v.shape
-    causal = bool(causal)
     if shared:  # one (H,T,T) map: dP = sum_b do[b] v[b]^T, the batch folded into the columns
         P = np.ascontiguousarray(probs[0])  # (H,T,T)
         do_rows = do.transpose(1, 2, 0, 3).reshape(H, T, B * hs)  # (H,T,B*hs)
@@ -617,9 +623,8 @@ def attention_core_backward(do, probs, v, shared, causal=False):
         dS = do_rows @ v_rows.swapaxes(-1, -2)  # dP for now
         dv = P.swapaxes(-1, -2) @ do  # (B,H,T,hs)
     _softmax_backward_rows(P.reshape(-1, T, T), dS.reshape(-1, T, T), causal)
-    # marked: the kinds' own products with dS (dS @ k, hid^T @ dS, ...) skip its zero half
-    return (dS.view(CausalGrad) if causal else dS), dv  # dS (B,H,T,T), or (H,T,T) if shared
+    return dS, dv  # dS (B,H,T,T), or (H,T,T) if shared
 
 
-# what minisynth.fast.backend swaps in for the reference functions they name
+# every kernel with a reference: what minisynth.fast.ops hands out in place of the references
 TWINS = tuple(globals()[name] for name in __all__ if hasattr(globals()[name], "reference"))
