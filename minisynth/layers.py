@@ -49,9 +49,9 @@ class LinearCache(NamedTuple):
 def linear_forward(x, W, b):
     """out = x @ W + b with W shaped (in, out)."""
     D, F = W.shape
-    # the leading dimensions flattened into N rows: (N, D) @ (D, F)
-    out = (x.reshape(-1, D) @ W + b).reshape(x.shape[:-1] + (F,))  # (..., F)
-    return out, LinearCache(x, W)
+    out = x.reshape(-1, D) @ W  # (N, F) the leading dimensions flattened into N rows
+    out += b  # (N, F)
+    return out.reshape(x.shape[:-1] + (F,)), LinearCache(x, W)  # (..., F)
 
 
 def linear_backward(dout, cache):

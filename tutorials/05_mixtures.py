@@ -113,14 +113,14 @@ assert rel_error(P, cache.probs) < 1e-14
 #
 # To get $dS$ by hand we undo the output projection, split the heads, and call
 # `layers.attention_core_backward`, the reference attention-core backward
-# (probabilities and values come from the cache).
+# (with the layer's cache of the core: probabilities and values).
 
 # %%
 dy = rng.standard_normal((B, T, C))
 _, grads = mix.backward(dy, cache)
 
 do = attention.split_heads(dy @ mix.params["Wo"].T, H)  # (B, H, T, hs) y = merge(o) Wo + bo
-dS, _ = layers.attention_core_backward(do, cache.probs, cache.v, shared=False)  # (B, H, T, T)
+dS, _ = layers.attention_core_backward(do, cache.core)  # (B, H, T, T)
 dw = np.stack(
     [np.broadcast_to(dS * S_n, dS.shape).sum(axis=(0, 2, 3)) for S_n in cache.logits], axis=1
 )  # (H, N)

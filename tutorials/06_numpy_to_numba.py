@@ -18,9 +18,12 @@
 # same names in `minisynth.fast.kernels` are compiled with
 # [Numba](https://numba.readthedocs.io) and must return the same results (to
 # float rounding); each names the reference it replaces (`kernel.reference`).
-# `set_backend("numba")` swaps the kernels into `minisynth.layers`, and
-# `set_backend("numpy")` swaps the references back, so the model code, which
-# calls `layers.gelu_forward(...)`, never changes. This tutorial:
+# A model carries the functions it calls, `model.ops`: `SynthesizerLM(config)`
+# holds `minisynth.layers` itself, `SynthesizerLM(config, backend="numba")`
+# holds `minisynth.fast.ops`, the same names with the kernels in place of
+# their references. The model code, which calls `ops.gelu_forward(...)`, is
+# the same for both, and neither model changes what the other runs. This
+# tutorial:
 #
 # 1. **profiles** a training step on the NumPy backend;
 # 2. **writes a fused kernel** with `numba.njit`: masked softmax and the
@@ -48,7 +51,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from minisynth import ModelConfig, SynthesizerLM, get_backend, layers, use_backend
+from minisynth import ModelConfig, SynthesizerLM, layers
 from minisynth.data import get_batch, load_data
 from minisynth.fast import kernels
 from minisynth.gradcheck import numerical_gradient_array, rel_error
@@ -62,7 +65,7 @@ OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
 REPEAT = 3 if TINY else 15  # timed runs per measurement; we report the median
 rng = np.random.default_rng(0)
-print(f"tiny={TINY}, numba {numba.__version__}, default backend {get_backend()}")
+print(f"tiny={TINY}, numba {numba.__version__}")
 
 
 def median_ms(fn, repeat=REPEAT):
@@ -107,17 +110,16 @@ if TINY:
 else:
     config = ModelConfig(attention="dense", d_model=64, n_heads=4, n_layers=2, max_len=64)
     BATCH, PROFILE_STEPS = 16, 10
-model = SynthesizerLM(config, seed=0)
+model = SynthesizerLM(config, seed=0)  # backend "numpy": model.ops is minisynth.layers
 x, y = get_batch(splits["train"], BATCH, config.max_len, rng)
 print(model)
 
-with use_backend("numpy"):
-    model.loss_and_grads(x, y)  # untimed warm-up
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(PROFILE_STEPS):
-        model.loss_and_grads(x, y)
-    profiler.disable()
+model.loss_and_grads(x, y)  # untimed warm-up
+profiler = cProfile.Profile()
+profiler.enable()
+for _ in range(PROFILE_STEPS):
+    model.loss_and_grads(x, y)
+profiler.disable()
 stats = pstats.Stats(profiler).strip_dirs().sort_stats("tottime")
 stats.print_stats(10)  # the ten largest self times, totals over PROFILE_STEPS steps
 print(f"one step under the profiler: {1e3 * stats.total_tt / PROFILE_STEPS:.2f} ms")
@@ -182,8 +184,10 @@ print(profile_table)
 # The twin `layers.attention_core_forward(S, v, causal)` computes
 # $P = \mathrm{softmax}(\mathrm{mask}(S))$ and $o = P v$ for logits `S`
 # (B, H, T, T), or (H, T, T) when the whole batch shares them (the `random`
-# Synthesizer), and values `v` (B, H, T, hs), and returns `(o, probs)`. Our
-# Numba version has **the same signature and return values**. For every row i
+# Synthesizer), and values `v` (B, H, T, hs), and returns `o` and its cache,
+# an `AttentionCoreCache` holding the probabilities `probs` (B, H, T, T) for
+# the backward pass. Our Numba version has **the same signature and return
+# values**. For every row i
 # of every (b, h), one loop nest does:
 #
 # 1. the row maximum $m$ over the visible keys $j \le i$ (all $j$ if not causal);
@@ -230,14 +234,15 @@ def fused_attention_rows(S, shared, causal, v, probs, o):
 
 def my_attention_core_forward(S, v, causal):
     """Same signature and results as minisynth.layers.attention_core_forward.
-    S (B,H,T,T) or shared (H,T,T); v (B,H,T,hs). Returns o (B,H,T,hs), probs (B,H,T,T)."""
+    S (B,H,T,T) or shared (H,T,T); v (B,H,T,hs). Returns o (B,H,T,hs) and the cache,
+    whose probs are (B,H,T,T)."""
     B, H, T, hs = v.shape
     shared = S.ndim == 3
     S4 = np.ascontiguousarray(S).reshape((1,) + S.shape if shared else S.shape)  # (1|B,H,T,T)
     probs = np.empty((B, H, T, T), dtype=v.dtype)  # (B,H,T,T)
     o = np.empty((B, H, T, hs), dtype=v.dtype)  # (B,H,T,hs)
     fused_attention_rows(S4, shared, bool(causal), np.ascontiguousarray(v), probs, o)
-    return o, probs
+    return o, layers.AttentionCoreCache(probs, v, shared, bool(causal))
 
 
 Bk, Hk, Tk, hsk = (2, 2, 6, 4) if TINY else (BATCH, config.n_heads, config.max_len, 16)
@@ -275,8 +280,9 @@ for causal in (True, False):
             shape = (Hk, Tk, Tk) if shared else (Bk, Hk, Tk, Tk)  # S (H|B,H,T,T)
             S_demo = rng.standard_normal(shape).astype(dtype)
             v_demo = rng.standard_normal((Bk, Hk, Tk, hsk)).astype(dtype)
-            o_ours, p_ours = my_attention_core_forward(S_demo, v_demo, causal)
-            o_twin, p_twin = layers.attention_core_forward(S_demo, v_demo, causal)
+            o_ours, cache_ours = my_attention_core_forward(S_demo, v_demo, causal)
+            o_twin, cache_twin = layers.attention_core_forward(S_demo, v_demo, causal)
+            p_ours, p_twin = cache_ours.probs, cache_twin.probs  # (B,H,T,T) each
             errs.append(max(rel_error(o_ours, o_twin), rel_error(p_ours, p_twin)))
             assert not (causal and np.triu(p_ours, 1).any())  # the future gets exactly 0
         print(f"causal={causal!s:5} shared={shared!s:5}{'':9s}{errs[0]:10.1e}{errs[1]:10.1e}")
@@ -285,8 +291,9 @@ for causal in (True, False):
 # %% [markdown]
 # The library's kernels pass such tests in `tests/test_kernels.py`. A quick
 # version for every kernel of a training step, on random inputs shaped like
-# our model's; backward kernels get the cache of the *twin's* forward, so that
-# each comparison tests one function. Look for the same small multiples of
+# our model's, each against the reference it names (`kernel.reference`);
+# backward kernels get the cache of the *twin's* forward, so that each
+# comparison tests one function. Look for the same small multiples of
 # epsilon (the asserts allow 1e-5 and 1e-12). Section 6 times the same calls.
 
 # %%
@@ -305,7 +312,7 @@ def op_cases(dtype, B, H, T, hs, C):
     S4 = rng.standard_normal((B, H, T, T)).astype(f)  # (B,H,T,T)
     va, do = rng.standard_normal((2, B, H, T, hs)).astype(f)  # (B,H,T,hs) each
     emb_cache = layers.embedding_forward(targets, rng.standard_normal((V, C)).astype(f))[1]
-    probs = layers.attention_core_forward(S4, va, True)[1]  # (B,H,T,T)
+    core_cache = layers.attention_core_forward(S4, va, True)[1]  # probs (B,H,T,T), v
     return [
         ("layernorm_forward", (xr, g, b)),
         ("layernorm_backward", (dxr, layers.layernorm_forward(xr, g, b)[1])),
@@ -315,7 +322,7 @@ def op_cases(dtype, B, H, T, hs, C):
         ("cross_entropy_backward", (1.0, layers.cross_entropy_forward(logits, targets)[1])),
         ("embedding_backward", (dxr, emb_cache)),
         ("attention_core_forward", (S4, va, True)),  # causal, as in our model
-        ("attention_core_backward", (do, probs, va, False, True)),  # shared=False, causal
+        ("attention_core_backward", (do, core_cache)),
     ]
 
 
@@ -329,7 +336,8 @@ def float_arrays(result):
 checks = {}  # (name, dtype) -> largest rel_error over the arrays of the result
 for dtype in (np.float32, np.float64):
     for name, args in op_cases(dtype, Bk, Hk, Tk, hsk, 8 if TINY else config.d_model):
-        ours, twin = getattr(kernels, name)(*args), getattr(layers, name)(*args)
+        kernel = getattr(kernels, name)
+        ours, twin = kernel(*args), kernel.reference(*args)
         pairs = zip(float_arrays(ours), float_arrays(twin), strict=True)
         checks[name, dtype] = max(rel_error(a, b) for a, b in pairs)
 print(f"{'kernel vs twin: rel_error':28s}{'float32':>10s}{'float64':>10s}")
@@ -341,8 +349,8 @@ assert max(e for (_, dt), e in checks.items() if dt == np.float64) < 1e-12
 # %% [markdown]
 # Agreeing with the twin does not prove a correct *gradient*: both could
 # share a mistake. The library's backward, `kernels.attention_core_backward(do,
-# probs, v, shared, causal)` (jitted softmax passes around BLAS products, not a
-# fused loop like our forward), returns `(dS, dv)`, the gradients of
+# cache)` (jitted softmax passes around BLAS products, not a fused loop like
+# our forward), returns `(dS, dv)`, the gradients of
 # $\sum o \odot do$. We check it against finite differences of **our**
 # forward kernel in float64 (`numerical_gradient_array` perturbs each entry of
 # `S` or `v` in place and re-runs the forward, five-point rule): our forward,
@@ -356,8 +364,8 @@ grad_checks = {}
 for shared in (False, True):
     S_g = rng.standard_normal((Hg, Tg, Tg) if shared else (Bg, Hg, Tg, Tg))  # float64
     v_g, do_g = rng.standard_normal((2, Bg, Hg, Tg, hsg))  # (B,H,T,hs) values, upstream grad
-    _, probs_g = my_attention_core_forward(S_g, v_g, True)
-    dS, dv = kernels.attention_core_backward(do_g, probs_g, v_g, shared, True)
+    _, cache_g = my_attention_core_forward(S_g, v_g, True)  # probs, v, shared, causal
+    dS, dv = kernels.attention_core_backward(do_g, cache_g)
 
     def outputs(S=S_g, v=v_g):  # reads the arrays that numerical_gradient_array perturbs
         return my_attention_core_forward(S, v, True)[0]
@@ -530,7 +538,8 @@ assert blocks == [200_000] * 10
 speed = {}  # name -> (NumPy ms, Numba ms)
 hs = config.d_model // config.n_heads
 for name, args in op_cases(np.float32, BATCH, config.n_heads, config.max_len, hs, config.d_model):
-    twin, kernel = getattr(layers, name), getattr(kernels, name)
+    kernel = getattr(kernels, name)
+    twin = kernel.reference
     speed[name] = (
         median_ms(lambda f=twin, a=args: f(*a)),
         median_ms(lambda f=kernel, a=args: f(*a)),
@@ -589,13 +598,14 @@ print(f"np.exp is {exp_ms[1] / exp_ms[0]:.1f}x as fast; Numba uses SVML: {numba.
 # less.
 #
 # Finally, a kernel's speed-up in isolation is not the speed-up of a program.
-# The training step of section 1, without the profiler, on each backend:
+# The training step of section 1, without the profiler, on each backend: the
+# same weights in a model built with `backend="numba"`.
 
 # %%
+fast_model = SynthesizerLM(config, seed=0, backend="numba")  # fast_model.ops: the kernels
 step_ms = {}
-for backend in ("numpy", "numba"):
-    with use_backend(backend):
-        step_ms[backend] = median_ms(lambda: model.loss_and_grads(x, y))
+for name, m in (("numpy", model), ("numba", fast_model)):
+    step_ms[name] = median_ms(lambda m=m: m.loss_and_grads(x, y))
 step_speedup = step_ms["numpy"] / step_ms["numba"]
 print(f"training step: NumPy {step_ms['numpy']:.2f} ms, with the kernels {step_ms['numba']:.2f} ms")
 library = [name for name in speed if hasattr(kernels, name)]  # the table without ours

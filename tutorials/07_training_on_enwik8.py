@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from minisynth import ModelConfig, SynthesizerLM, get_backend
+from minisynth import ModelConfig, SynthesizerLM
 from minisynth.checkpoint import load_checkpoint
 from minisynth.data import get_batch, load_data
 from minisynth.optim import AdamW, clip_grad_norm, default_decay_filter, lr_schedule
@@ -57,7 +57,7 @@ except NameError:
 OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
 LN2 = math.log(2.0)
-print(f"tiny={TINY}, backend={get_backend()}, output folder: {OUT}")
+print(f"tiny={TINY}, output folder: {OUT}")
 
 # %% [markdown]
 # ## 1. The data: bytes, not characters

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minisynth import ModelConfig, SynthesizerLM, get_backend
+from minisynth import ModelConfig, SynthesizerLM
 from minisynth.train import TrainConfig, decode, train
 from minisynth.viz import (
     DPI,
@@ -77,7 +77,7 @@ except NameError:
 OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
 KINDS = ("dense", "random", "vanilla")
-print(f"tiny={TINY}, backend={get_backend()}, output folder: {OUT}")
+print(f"tiny={TINY}, output folder: {OUT}")
 
 # %% [markdown]
 # ## 1. Three models, one recipe

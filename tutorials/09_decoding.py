@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from minisynth import ModelConfig, SynthesizerLM, attention, layers, set_backend
+from minisynth import ModelConfig, SynthesizerLM, attention, layers
 
 TINY = os.environ.get("MINISYNTH_TUTORIAL_TINY", "0") not in ("", "0")
 try:
@@ -69,7 +69,7 @@ except NameError:
 OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-set_backend("numba")  # what `minisynth sample` uses
+BACKEND = "numba"  # every model and layer here runs the fast path, as `minisynth sample` does
 KINDS = ["vanilla", "dense", "random", "random_fixed", "factorized_dense",
          "factorized_random", "dense+vanilla"]  # fmt: skip
 # the default model of `minisynth train` (tiny: a miniature) and a longer window for timing
@@ -91,7 +91,10 @@ print(f"tiny={TINY}, default model config:", ModelConfig(**SIZES))
 
 # %%
 prompt = np.frombuffer(b"The cat", dtype=np.uint8).astype(np.int64)[None]  # (1,7)
-models = {kind: SynthesizerLM(ModelConfig(attention=kind, **SIZES), seed=0) for kind in KINDS}
+models = {
+    kind: SynthesizerLM(ModelConfig(attention=kind, **SIZES), seed=0, backend=BACKEND)
+    for kind in KINDS
+}
 print(f"{'kind':20s} {'remembered per layer':28s} {'bytes for a full window (B=1)':>30s}")
 for kind, model in models.items():
     _, states = model.prefill(prompt)
@@ -112,7 +115,7 @@ print(f"\nL * C * 4 bytes * layers = {cfg.max_len * cfg.d_model * 4 * cfg.n_laye
 # %%
 C, H, L, t = 8, 2, 6, 4
 rng = np.random.default_rng(0)
-dense = attention.build("dense", C, H, L, dtype=np.float64, seed=0)
+dense = attention.build("dense", C, H, L, dtype=np.float64, seed=0, backend=BACKEND)
 x = rng.standard_normal((1, t + 1, C))  # (B,t+1,C) the prompt and the new position
 _, cache = dense.forward(x)
 p = dense.params
@@ -120,7 +123,7 @@ hid = layers.relu_forward(x[:, t] @ p["W1"] + p["b1"])[0].reshape(1, H, C // H) 
 row = np.einsum("bhs,hsj->bhj", hid, p["W2"][:, :, : t + 1]) + p["b2"][:, : t + 1]  # (B,H,t+1)
 print("Dense row t by hand vs full forward:", np.abs(row - cache.logits[0][:, :, t]).max())
 
-random_layer = attention.build("random", C, H, L, dtype=np.float64, seed=0)
+random_layer = attention.build("random", C, H, L, dtype=np.float64, seed=0, backend=BACKEND)
 _, cache = random_layer.forward(x)
 row = random_layer.params["R"][:, t, : t + 1]  # (H,t+1) no input at all
 print("Random row t = R[:, t, :t+1]:", np.array_equal(row, cache.logits[0][:, t]))
@@ -183,7 +186,7 @@ def step_at(model, ids, states, t):
 
 def time_per_byte(kind):
     """Median ms for one byte at each position: (incremental, full window), and the state size."""
-    model = SynthesizerLM(ModelConfig(attention=kind, **timing_sizes), seed=0)
+    model = SynthesizerLM(ModelConfig(attention=kind, **timing_sizes), seed=0, backend=BACKEND)
     ids = rng.integers(0, 256, (1, TIMING_LEN))
     model.forward(ids[:, :8])  # compile the kernels before timing
     step, full = [], []
