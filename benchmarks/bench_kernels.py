@@ -123,7 +123,8 @@ def make_cases(kernels, layers, optim, rng):
     S = rng.standard_normal((B, HEADS, T, T)).astype(f32)  # (B, H, T, T)
     v = rng.standard_normal((B, HEADS, T, hs)).astype(f32)  # (B, H, T, hs)
     do = rng.standard_normal((B, HEADS, T, hs)).astype(f32)  # (B, H, T, hs)
-    _, probs = layers.attention_core_forward(S, v, True)  # (B, H, T, T)
+    _, causal_cache = layers.attention_core_forward(S, v, True)  # probs (B, H, T, T)
+    full_cache = layers.attention_core_forward(S, v, False)[1]  # probs (B, H, T, T)
     bt = f"{B}x{T}"
     return [
         ("layernorm_forward", f"{bt}x{C}",
@@ -149,11 +150,11 @@ def make_cases(kernels, layers, optim, rng):
          lambda: layers.attention_core_forward(S, v, True),
          lambda: kernels.attention_core_forward(S, v, True)),
         ("attention_core_backward", f"{B}x{HEADS}x{T}x{T}",
-         lambda: layers.attention_core_backward(do, probs, v, False),
-         lambda: kernels.attention_core_backward(do, probs, v, False)),
+         lambda: layers.attention_core_backward(do, full_cache),
+         lambda: kernels.attention_core_backward(do, full_cache)),
         ("attention_core_backward (causal)", f"{B}x{HEADS}x{T}x{T}, causal",
-         lambda: layers.attention_core_backward(do, probs, v, False, True),
-         lambda: kernels.attention_core_backward(do, probs, v, False, True)),
+         lambda: layers.attention_core_backward(do, causal_cache),
+         lambda: kernels.attention_core_backward(do, causal_cache)),
         ("adamw_update", f"{ADAMW_PARAMS / 1e6:.1f}M",
          lambda: adamw(optim.adamw_update, "twin"), lambda: adamw(kernels.adamw_update, "kernel")),
     ]  # fmt: skip

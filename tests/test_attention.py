@@ -14,7 +14,7 @@ from helpers import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minisynth import attention
+from minisynth import attention, layers
 
 SINGLE_KINDS = [
     "vanilla",
@@ -92,6 +92,7 @@ def check_gradients(kind, causal, B, H, hs, L, data, seed, **options):
     layer = attention.build(
         kind, H * hs, H, L, causal=causal, seed=seed % 1000, dtype=np.float64, **options
     )
+    assert layer.ops is layers  # the reference: the math a learner reads, checked here
     randomise(layer, rng)
     x = uniform(rng, (B, T, H * hs))
     keep_relu_away_from_kink(layer, x)

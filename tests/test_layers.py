@@ -1,3 +1,9 @@
+"""Gradient checks of minisynth.layers: the reference, the math a learner reads.
+
+Every function called here is the one written in ``minisynth/layers.py`` (the first
+test says so); the Numba twins are held to these in ``test_kernels.py``.
+"""
+
 import math
 
 import numpy as np
@@ -19,6 +25,18 @@ from minisynth import layers
 batch = st.integers(1, 3)
 time = st.integers(1, 5)  # T = 1 included
 width = st.integers(1, 6)
+
+
+def test_the_functions_checked_here_are_written_in_layers_py():
+    called = [
+        layers.linear_forward,
+        layers.layernorm_backward,
+        layers.gelu_backward,
+        layers.softmax_backward,
+        layers.cross_entropy_backward,
+        layers.embedding_backward,
+    ]
+    assert {fn.__code__.co_filename for fn in called} == {layers.__file__}
 
 
 # ------------------------------------------------------------------ gradient properties
