@@ -16,7 +16,7 @@ Logits per kind (head h uses columns h*hs:(h+1)*hs of any (.., C) projection):
 * ``dense``              S[b,h,i,:] = (relu(x W1 + b1)[b,h,i] @ W2[h] + b2[h])[:T]
 * ``random``             S[b,h] = R[h,:T,:T]  (trainable, shared across the batch)
 * ``random_fixed``       the same R, frozen (a buffer, not a parameter)
-* ``factorized_dense``   full[j] = A[j mod a] * Bf[j div a],  S = full[:T]
+* ``factorized_dense``   full[j] = A[j mod a] * B_tilde[j div a],  S = full[:T]
 * ``factorized_random``  S[b,h] = (R1[h] @ R2[h]^T)[:T,:T]
 * mixtures ``k1+k2+...`` S = sum_n softmax(alpha[h,:])[n] * S_n
 
@@ -86,9 +86,10 @@ def default_factors(L):
 class Component:
     """One source of attention logits. Subclasses define the kind's parameters and math.
 
-    ``shared`` components return logits (H,T,T) that do not depend on x; the
-    others return (B,H,T,T). ``forward(p, x)`` reads parameters from the dict
-    ``p`` (local names); ``backward(dS, cache)`` returns (dx or None, grads).
+    ``input_independent`` components return logits (H,T,T) that do not depend
+    on x (one map for the whole batch); the others return (B,H,T,T).
+    ``forward(p, x)`` reads parameters from the dict ``p`` (local names);
+    ``backward(dS, cache)`` returns (dx or None, grads).
     For decoding, ``row(p, x_t, t, memory)`` returns the logits of one new
     position t, and ``remembers`` names what it keeps of earlier positions.
     ``ops`` holds the layer functions it calls: :mod:`minisynth.layers` or the
@@ -96,7 +97,8 @@ class Component:
     """
 
     kind = ""
-    shared = False
+    input_independent = False
+    synthetic_logits: tuple = ()  # parameters that are attention logits themselves (R, ...)
     options: tuple = ()
     buffer_names: tuple = ()
     remembers: tuple = ()  # per-position (B,H,L,hs) arrays decoding keeps, besides v
@@ -253,8 +255,8 @@ class Dense(_DenseHidden):
 
 
 class FactorizedDense(_DenseHidden):
-    """Factorized Dense: A = hid W_a[h] + b_a[h] (a), Bf = hid W_b[h] + b_b[h] (b), a b = L,
-    full[j] = A[j mod a] * Bf[j div a] (A tiled, Bf repeated), S = full[:T].
+    """Factorized Dense: A = hid W_a[h] + b_a[h] (a), B_tilde = hid W_b[h] + b_b[h] (b), a b = L,
+    full[j] = A[j mod a] * B_tilde[j div a] (A tiled, B_tilde repeated), S = full[:T].
 
     Parameters: W1 (C,C), b1 (C,), Wa (H,hs,a), ba (H,a), Wb (H,hs,b), bb (H,b):
     C^2 + C + C (a + b) + H (a + b). Option ``factors=(a, b)``.
@@ -294,45 +296,46 @@ class FactorizedDense(_DenseHidden):
         }
 
     def full_logits(self, p, x):
-        """x (B,T,C) -> (full (B,H,T,L), (hid, A, Bf, hidden_cache))."""
+        """x (B,T,C) -> (full (B,H,T,L), (hid, A, B_tilde, hidden_cache))."""
         hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
         A = hid @ p["Wa"] + p["ba"][:, None, :]  # (B,H,T,a)
-        Bf = hid @ p["Wb"] + p["bb"][:, None, :]  # (B,H,T,b)
-        # full reshaped to (b, a): full[q*a + r] = Bf[q] * A[r]
-        full = (Bf[..., :, None] * A[..., None, :]).reshape(A.shape[:3] + (self.L,))  # (B,H,T,L)
-        return full, (hid, A, Bf, hidden_cache)
+        B_tilde = hid @ p["Wb"] + p["bb"][:, None, :]  # (B,H,T,b)
+        # full reshaped to (b, a): full[q*a + r] = B_tilde[q] * A[r]
+        full = B_tilde[..., :, None] * A[..., None, :]  # (B,H,T,b,a)
+        full = full.reshape(A.shape[:3] + (self.L,))  # (B,H,T,L)
+        return full, (hid, A, B_tilde, hidden_cache)
 
     def forward(self, p, x):
         T = x.shape[1]
-        full, (hid, A, Bf, hidden_cache) = self.full_logits(p, x)  # (B,H,T,L)
+        full, (hid, A, B_tilde, hidden_cache) = self.full_logits(p, x)  # (B,H,T,L)
         S = full[..., :T]  # (B,H,T,T)
-        return S, (hid, A, Bf, p["Wa"], p["Wb"], hidden_cache)
+        return S, (hid, A, B_tilde, p["Wa"], p["Wb"], hidden_cache)
 
     def row(self, p, x_t, t, memory):
         full, _ = self.full_logits(p, x_t)  # (B,H,1,L) from the new token alone
         return full[..., : t + 1]  # (B,H,1,t+1)
 
     def backward(self, dS, cache):
-        hid, A, Bf, Wa, Wb, hidden_cache = cache
+        hid, A, B_tilde, Wa, Wb, hidden_cache = cache
         B, H, T, _ = dS.shape
         # S = full[:T]
         dfull = np.zeros((B, H, T, self.L), dtype=dS.dtype)  # (B,H,T,L)
         dfull[..., :T] = dS
         dF = dfull.reshape(B, H, T, self.b, self.a)  # (B,H,T,b,a)
-        # full[q*a + r] = Bf[q] * A[r]
-        dA = np.einsum("bhtqr,bhtq->bhtr", dF, Bf)  # (B,H,T,a) sum over q of dF[q, r] Bf[q]
-        dBf = np.einsum("bhtqr,bhtr->bhtq", dF, A)  # (B,H,T,b) sum over r of dF[q, r] A[r]
-        # A = hid @ Wa[h] + ba[h];  Bf = hid @ Wb[h] + bb[h]
+        # full[q*a + r] = B_tilde[q] * A[r]
+        dA = np.einsum("bhtqr,bhtq->bhtr", dF, B_tilde)  # (B,H,T,a) sum_q dF[q, r] B_tilde[q]
+        dB_tilde = np.einsum("bhtqr,bhtr->bhtq", dF, A)  # (B,H,T,b) sum over r of dF[q, r] A[r]
+        # A = hid @ Wa[h] + ba[h];  B_tilde = hid @ Wb[h] + bb[h]
         dWa = (hid.swapaxes(-1, -2) @ dA).sum(axis=0)  # (H,hs,a) sum_b hid[b]^T dA[b]
-        dWb = (hid.swapaxes(-1, -2) @ dBf).sum(axis=0)  # (H,hs,b)
-        dhid = dA @ Wa.swapaxes(-1, -2) + dBf @ Wb.swapaxes(-1, -2)  # (B,H,T,hs)
+        dWb = (hid.swapaxes(-1, -2) @ dB_tilde).sum(axis=0)  # (H,hs,b)
+        dhid = dA @ Wa.swapaxes(-1, -2) + dB_tilde @ Wb.swapaxes(-1, -2)  # (B,H,T,hs)
         dx, grads = self.hidden_backward(dhid, hidden_cache)
         return dx, {
             **grads,
             "Wa": dWa,
             "ba": dA.sum(axis=(0, 2)),
             "Wb": dWb,
-            "bb": dBf.sum(axis=(0, 2)),
+            "bb": dB_tilde.sum(axis=(0, 2)),
         }
 
 
@@ -346,7 +349,8 @@ class Random(Component):
     """
 
     kind = "random"
-    shared = True
+    input_independent = True
+    synthetic_logits = ("R",)
     options = ("init_std",)
 
     def __init__(self, C, H, L, options, ops=layers):
@@ -386,6 +390,7 @@ class RandomFixed(Random):
 
     kind = "random_fixed"
     buffer_names = ("R",)
+    synthetic_logits = ()  # R is a buffer: no gradient, no update
 
     def shapes(self):
         return {}
@@ -404,7 +409,8 @@ class FactorizedRandom(Component):
     """
 
     kind = "factorized_random"
-    shared = True
+    input_independent = True
+    synthetic_logits = ("R1", "R2")
     options = ("k",)
 
     def __init__(self, C, H, L, options, ops=layers):
@@ -476,10 +482,13 @@ def _make_components(parts, C, H, L, options, ops=layers):
         comps.append(cls(C, H, L, options, ops))
     unknown = set(options) - used
     if unknown:
+        takes = "; ".join(
+            f"{kind} takes {', '.join(repr(o) for o in cls.options)}"
+            for kind, cls in KINDS.items()
+            if cls.options
+        )
         raise ValueError(
-            f"unknown option(s) {sorted(unknown)} for attention {'+'.join(parts)!r}; "
-            "factorized_dense takes 'factors', factorized_random takes 'k', random and "
-            "random_fixed take 'init_std', dense takes 'dense_from_query'"
+            f"unknown option(s) {sorted(unknown)} for attention {'+'.join(parts)!r}; {takes}"
         )
     for comp in comps:
         for kind, _ in comp.aliases().values():
@@ -573,14 +582,14 @@ class Attention:
             f"causal={self.causal}, dtype={self.dtype.name}, backend={self.backend!r})"
         )
 
-    def _local(self, comp, prefix):
+    def _component_arrays(self, comp, prefix):
         """The component's parameters and buffers under their local names."""
         p = {n: self.params[prefix + n] for n in comp.shapes()}
         p.update({n: self.buffers[prefix + n] for n in comp.buffer_shapes()})
-        p.update({n: self.params[self._full_name(comp, n, prefix)] for n in comp.aliases()})
+        p.update({n: self.params[self._param_key(comp, n, prefix)] for n in comp.aliases()})
         return p
 
-    def _full_name(self, comp, local, prefix):
+    def _param_key(self, comp, local, prefix):
         """The key in ``params`` of a component's local parameter (another's, if aliased)."""
         if local in comp.aliases():
             kind, name = comp.aliases()[local]
@@ -624,7 +633,7 @@ class Attention:
 
         logits, caches = [], []
         for comp, prefix in zip(self.components, self.prefixes, strict=True):
-            S_n, c = comp.forward(self._local(comp, prefix), x)  # (B,H,T,T) or (H,T,T)
+            S_n, c = comp.forward(self._component_arrays(comp, prefix), x)  # (B,H,T,T) or (H,T,T)
             logits.append(S_n)
             caches.append(c)
         S, mix = self._mix(logits)  # (B,H,T,T) or (H,T,T)
@@ -662,13 +671,13 @@ class Attention:
             grads["alpha"] = self.ops.softmax_backward(dmix, layers.SoftmaxCache(mix))  # (H,N)
         for n, (comp, prefix) in enumerate(zip(self.components, self.prefixes, strict=True)):
             dS_n = dS * mix[:, n, None, None] if self.mixture else dS  # like S
-            if comp.shared and dS_n.ndim == 4:
-                dS_n = dS_n.sum(axis=0)  # (H,T,T) shared logits: sum over the batch
+            if comp.input_independent and dS_n.ndim == 4:
+                dS_n = dS_n.sum(axis=0)  # (H,T,T) one map for the batch: sum over it
             dx_n, g = comp.backward(dS_n, cache.component_caches[n])
             if dx_n is not None:
                 dx = dx + dx_n
             for name, a in g.items():  # a parameter used twice (an alias) sums both gradients
-                full = self._full_name(comp, name, prefix)
+                full = self._param_key(comp, name, prefix)
                 grads[full] = grads[full] + a if full in grads else a
         return dx, grads
 
@@ -712,7 +721,8 @@ class Attention:
         v_flat, _ = self.ops.linear_forward(x_t, p["Wv"], p["bv"])  # (B,1,C)
         state.v[:, :, t] = split_heads(v_flat, self.H)[:, :, 0]  # (B,H,hs) value of position t
         rows = [
-            comp.row(self._local(comp, prefix), x_t, t, memory)  # (B,H,1,t+1) or (H,1,t+1)
+            # (B,H,1,t+1), or (H,1,t+1) for input-independent logits
+            comp.row(self._component_arrays(comp, prefix), x_t, t, memory)
             for comp, prefix, memory in zip(
                 self.components, self.prefixes, state.memories, strict=True
             )
@@ -757,8 +767,11 @@ def build(
     """Build a multi-head attention layer of ``kind`` (see the module docstring).
 
     ``kind`` is one of vanilla, dense, random, random_fixed, factorized_dense,
-    factorized_random, or a mixture joined by '+'. Options: ``factors=(a, b)``
-    for factorized_dense (a b = max_len), ``k`` for factorized_random.
+    factorized_random, or a mixture joined by '+'. Options (each kind's class
+    docstring says more): ``factors=(a, b)`` for factorized_dense (a b = max_len),
+    ``k`` for factorized_random, ``init_std`` for random and random_fixed (R's
+    initial standard deviation), ``dense_from_query=True`` for dense in a mixture
+    with vanilla (Dense's first layer is vanilla's query projection).
     ``backend``: ``"numpy"`` (the reference) or ``"numba"`` (the fast path's
     twins), see :mod:`minisynth.backend`.
     """

@@ -89,6 +89,7 @@ class BlockCache(NamedTuple):
 
 class ModelCache(NamedTuple):
     idx: np.ndarray  # (B,T)
+    embedding: layers.EmbeddingCache  # the token lookup wte[idx]
     blocks: tuple  # BlockCache per block
     ln_f: layers.LayerNormCache
     xf: np.ndarray  # (B,T,C) ln_f output, the input of the tied head
@@ -202,10 +203,11 @@ class SynthesizerLM:
     def _forward(self, idx):
         p = self.params
         B, T = idx.shape
-        x = p["wte"][idx] + p["wpe"][:T]  # (B,T,C)
+        tokens, embedding = self.ops.embedding_forward(idx, p["wte"])  # (B,T,C)
+        x = tokens + p["wpe"][:T]  # (B,T,C)
         x, block_caches = self._blocks(x, lambda i, a_in: self.attn[i].forward(a_in))  # (B,T,C)
         logits, ln_f, xf = self._head(x)  # (B,T,V)
-        return logits, ModelCache(idx, tuple(block_caches), ln_f, xf)
+        return logits, ModelCache(idx, embedding, tuple(block_caches), ln_f, xf)
 
     def _blocks(self, x, attend):
         """x (B,T,C) through every block; ``attend(i, a_in)`` runs layer i's attention."""
@@ -274,28 +276,27 @@ class SynthesizerLM:
         dx, grads["ln_f.g"], grads["ln_f.b"] = ops.layernorm_backward(dxf, cache.ln_f)
         for i in reversed(range(len(self.attn))):
             pre = f"blocks.{i}."
-            bc = cache.blocks[i]
+            block = cache.blocks[i]
             # x = x + gelu(ln2(x) @ W1 + b1) @ W2 + b2
-            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = ops.linear_backward(dx, bc.proj)
-            dh = ops.gelu_backward(dhg, bc.gelu)  # (B,T,4C)
-            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = ops.linear_backward(dh, bc.fc)
+            dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = ops.linear_backward(dx, block.proj)
+            dh = ops.gelu_backward(dhg, block.gelu)  # (B,T,4C)
+            dm_in, grads[pre + "mlp.W1"], grads[pre + "mlp.b1"] = ops.linear_backward(dh, block.fc)
             dx_ln2, grads[pre + "ln2.g"], grads[pre + "ln2.b"] = ops.layernorm_backward(
-                dm_in, bc.ln2
+                dm_in, block.ln2
             )
             dx = dx + dx_ln2  # (B,T,C) the residual passes dx through unchanged
             # x = x + attn(ln1(x))
-            da_in, attn_grads = self.attn[i].backward(dx, bc.attn)
+            da_in, attn_grads = self.attn[i].backward(dx, block.attn)
             grads.update({pre + "attn." + n: g for n, g in attn_grads.items()})
             dx_ln1, grads[pre + "ln1.g"], grads[pre + "ln1.b"] = ops.layernorm_backward(
-                da_in, bc.ln1
+                da_in, block.ln1
             )
             dx = dx + dx_ln1  # (B,T,C)
         # x = wte[idx] + wpe[:T]
         dwpe = np.zeros_like(p["wpe"])  # (L,C) rows >= T get no gradient
         dwpe[:T] = dx.sum(axis=0)
         grads["wpe"] = dwpe
-        emb_cache = layers.EmbeddingCache(idx, V)
-        grads["wte"] = dwte + ops.embedding_backward(dx, emb_cache)  # tied: both uses add
+        grads["wte"] = dwte + ops.embedding_backward(dx, cache.embedding)  # tied: both uses add
         return float(loss), {name: grads[name] for name in p}
 
     # --------------------------------------------------------------- decoding
@@ -311,7 +312,7 @@ class SynthesizerLM:
     def _prefill(self, idx):
         p = self.params
         T = idx.shape[1]
-        x = p["wte"][idx] + p["wpe"][:T]  # (B,T,C)
+        x = self.ops.embedding_forward(idx, p["wte"])[0] + p["wpe"][:T]  # (B,T,C)
         states = []
 
         def attend(i, a_in):
@@ -348,7 +349,7 @@ class SynthesizerLM:
     def _decode_step(self, tokens, states):
         p = self.params
         t = states[0].length
-        x = p["wte"][tokens[:, None]] + p["wpe"][t]  # (B,1,C)
+        x = self.ops.embedding_forward(tokens[:, None], p["wte"])[0] + p["wpe"][t]  # (B,1,C)
         x, _ = self._blocks(x, lambda i, a_in: (self.attn[i].step(a_in, states[i]), None))
         logits, _, _ = self._head(x)  # (B,1,V)
         return logits[:, 0]  # (B,V)

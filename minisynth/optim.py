@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from . import layers
+from . import attention, layers
 from ._validate import (
     check_array_dict,
     check_nonneg_int,
@@ -37,8 +37,10 @@ from ._validate import (
 )
 from .backend import backend_of, operations
 
-# The synthetic logits of the Random kinds: each entry is a logit of its own.
-SYNTHETIC_LOGIT_NAMES = frozenset({"R", "R1", "R2"})
+# The synthetic logits of the Random kinds (R; R1, R2): each entry is a logit of its own.
+SYNTHETIC_LOGIT_NAMES = frozenset(
+    name for kind in attention.KINDS.values() for name in kind.synthetic_logits
+)
 # Last name component of parameters never decayed by default: embeddings, and attention
 # logits that no input multiplies (mixture weights, Random and factorized-Random R).
 NO_DECAY_NAMES = frozenset({"wte", "wpe", "alpha"}) | SYNTHETIC_LOGIT_NAMES

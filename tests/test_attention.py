@@ -257,7 +257,7 @@ def test_factorized_dense_tiles_A_and_repeats_B():
     p["Wb"][...] = 0.0
     p["ba"][0] = [1.0, 2.0, 3.0]  # A
     p["bb"][0] = [10.0, 20.0]  # Bf
-    S, _ = layer.components[0].forward(layer._local(layer.components[0], ""), x)
+    S, _ = layer.components[0].forward(layer._component_arrays(layer.components[0], ""), x)
     np.testing.assert_array_equal(S[0, 0, 0], [10, 20, 30, 20, 40, 60])  # A[j%3] * B[j//3]
 
 

@@ -360,26 +360,20 @@ def _softmax_shift(z, t):
 
 
 @jit(**JIT_OPTS)
-def _softmax_normalise(e, zt, t, scale, subtract_target):
-    """Second pass, in place on e (N, V) = exp(z - rowmax).
+def _softmax_normalise(e, zt):
+    """Second pass, in place on e (N, V) = exp(z - rowmax): makes e the probabilities.
 
-    Makes e the probabilities times ``scale`` (pass 1 for plain probs, exact),
-    minus ``scale`` at the target if ``subtract_target`` (then e = dlogits).
     Returns the per-row losses -log p[t] = logsumexp - z[t] (N,) in float64.
     """
     N, V = e.shape
     losses = np.empty(N)  # (N,) float64, averaged by the caller
-    one = e.dtype.type(1.0)
     for i in prange(N):  # each iteration writes row i only
         s = 0.0  # float64 accumulator
         for j in range(V):
             s += e[i, j]
         inv = e.dtype.type(1.0 / s)
-        p_t = e[i, t[i]] * inv  # read before the row is overwritten
         for j in range(V):
-            e[i, j] = (e[i, j] * inv) * scale  # p = exp(z - max) / sum
-        if subtract_target:
-            e[i, t[i]] = (p_t - one) * scale  # loss = -mean log p[t]: (p - onehot) dloss / N
+            e[i, j] = e[i, j] * inv  # p = exp(z - max) / sum
         losses[i] = np.log(s) - zt[i]
     return losses
 
@@ -397,12 +391,12 @@ def _cross_entropy_backward_rows(probs, t, scale):
     return dlogits
 
 
-def _softmax_rows(logits, targets, V, scale, subtract_target):
-    """The three passes shared by the forward and the fused kernel: (N, V) buffer, losses (N,)."""
+def _softmax_rows(logits, targets, V):
+    """The three passes of the forward: probabilities (N, V) and per-row losses (N,)."""
     t = _flat(targets).astype(np.intp, copy=False)  # (N,) one integer type: one compilation
     e, zt = _softmax_shift(_rows(logits, V), t)  # (N, V) z - max, (N,) z[t] - max
     np.exp(e, out=e)  # (N, V) SIMD exp, in place
-    losses = _softmax_normalise(e, zt, t, scale, subtract_target)  # (N,) e is now probs/dlogits
+    losses = _softmax_normalise(e, zt)  # (N,) e is now the probabilities
     return e, losses
 
 
@@ -420,8 +414,7 @@ def cross_entropy_forward(logits, targets):
     """
     V = logits.shape[-1]
     check_int_array("targets", targets, upper=V)  # compiled code must not read out of bounds
-    one = logits.dtype.type(1.0)
-    probs, losses = _softmax_rows(logits, targets, V, one, False)  # (N, V), (N,)
+    probs, losses = _softmax_rows(logits, targets, V)  # (N, V), (N,)
     t = targets.reshape(-1)  # (N,) the caller's ids, as the twin caches them
     return _mean_loss(losses, logits.dtype), CrossEntropyCache(probs, t, logits.shape)
 
