@@ -448,3 +448,20 @@ def iter_eval_windows(data, block_size, batch_size):
             yield x, y
 
     return batches()
+
+
+# ------------------------------------------------------------------ text and bytes
+def encode_text(text):
+    """UTF-8 bytes of ``text`` as an int64 array (the model is byte-level); never empty."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    # surrogateescape keeps undecodable command-line bytes as the bytes they were
+    tokens = np.frombuffer(text.encode("utf-8", errors="surrogateescape"), dtype=np.uint8)
+    if tokens.size == 0:
+        raise ValueError("the input text is empty; give at least one character")
+    return tokens.astype(np.int64)
+
+
+def decode(tokens):
+    """Bytes -> text, replacing invalid UTF-8 (a byte model may emit broken sequences)."""
+    return bytes(np.asarray(tokens, dtype=np.uint8).tolist()).decode("utf-8", errors="replace")

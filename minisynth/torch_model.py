@@ -92,8 +92,8 @@ def factorized_dense_logits(m, x, H):
     B, T, _ = x.shape
     hid = split_heads(torch.relu(x @ m.W1 + m.b1), H)  # (B,H,T,hs)
     A = hid @ m.Wa + m.ba[:, None, :]  # (B,H,T,a)
-    Bf = hid @ m.Wb + m.bb[:, None, :]  # (B,H,T,b)
-    full = (Bf[..., :, None] * A[..., None, :]).reshape(B, H, T, -1)  # (B,H,T,L) A tiled
+    B_tilde = hid @ m.Wb + m.bb[:, None, :]  # (B,H,T,b)
+    full = (B_tilde[..., :, None] * A[..., None, :]).reshape(B, H, T, -1)  # (B,H,T,L) A tiled
     return full[..., :T]  # (B,H,T,T)
 
 

@@ -31,7 +31,14 @@ from tqdm.auto import tqdm  # a widget in notebooks, a text bar in terminals
 from . import checkpoint as ckpt
 from . import fast
 from .backend import check_backend
-from .data import canonical_data_spec, data_fingerprint, get_batch, iter_eval_windows, load_data
+from .data import (
+    canonical_data_spec,
+    data_fingerprint,
+    decode,
+    get_batch,
+    iter_eval_windows,
+    load_data,
+)
 from .model import SynthesizerLM
 from .optim import AdamW, clip_grad_norm, lr_schedule, synthetic_logits_lr_scale
 
@@ -150,11 +157,6 @@ def evaluate(model, data, batch_size=32):
         total += float(loss) * y.size
         count += y.size
     return total / count / LN2
-
-
-def decode(tokens):
-    """Bytes -> text, replacing invalid UTF-8 (a byte model may emit broken sequences)."""
-    return bytes(np.asarray(tokens, dtype=np.uint8).tolist()).decode("utf-8", errors="replace")
 
 
 def _trim_metrics(path, last_step):

@@ -49,15 +49,21 @@ import os
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
 
 from minisynth import ModelConfig, SynthesizerLM
 from minisynth.train import TrainConfig, decode, train
 from minisynth.viz import (
+    CMAP,
     DPI,
+    MAX_TICK_LABELS,
     STAT_UNITS,
     attention_maps,
     attention_stats,
+    byte_labels,
     encode_text,
     format_stats_table,
     is_input_independent,
@@ -65,8 +71,6 @@ from minisynth.viz import (
     load_model,
     plot_attention_grid,
     plot_compare,
-    stats_bars_figure,
-    two_inputs_figure,
 )
 
 TINY = os.environ.get("MINISYNTH_TUTORIAL_TINY", "0") not in ("", "0")
@@ -501,14 +505,66 @@ for layer in range(1, n_layers):
     )
 
 # %% [markdown]
-# The figure, drawn by `viz.two_inputs_figure`: one row per model; text A,
-# text B (each head-averaged, first layer, the square-root colour scale of
-# `plot_compare`), then $|P_A - P_B|$ on its own scale; the byte labels beside
-# each map are that map's text. Rows of the `dense` model whose query byte is
-# the same in both texts are marked with a green triangle: their difference
-# row is exactly 0 (black), as the check above established.
+# The figure: one row per model; text A, text B (each head-averaged, first
+# layer, the square-root colour scale of `plot_compare`), then $|P_A - P_B|$ on
+# its own scale; the byte labels beside each map are that map's text. Rows of
+# the `dense` model whose query byte is the same in both texts are marked with
+# a green triangle: their difference row is exactly 0 (black), as the check
+# above established. The drawing code is this tutorial's own, on matplotlib's
+# `Figure` objects (no pyplot), with `minisynth.viz`'s byte labels and colours.
+
 
 # %%
+def two_inputs_figure(maps_a, maps_b, *, labels, tokens_a, tokens_b, marked_rows, title):
+    """One row per model: its (T, T) map on input A, on input B, and |A - B|."""
+    n, T = len(maps_a), maps_a[0].shape[-1]
+    diffs = [np.abs(a - b) for a, b in zip(maps_a, maps_b, strict=True)]  # n x (T, T)
+    vmax = max(float(m.max()) for m in maps_a + maps_b)
+    diff_max = max(float(d.max()) for d in diffs)
+    map_norm = mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=vmax)
+    # input-independent maps give an all-zero difference, which must still draw
+    diff_norm = mcolors.PowerNorm(gamma=0.5, vmin=0.0, vmax=max(diff_max, 1e-6))
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)  # (T, T) masked: drawn white
+    labelled = T <= MAX_TICK_LABELS  # one tick label per byte, or numeric ticks
+    columns = [  # (maps, tick labels, heading, colour map, norm)
+        (maps_a, byte_labels(tokens_a), "input A", CMAP, map_norm),
+        (maps_b, byte_labels(tokens_b), "input B", CMAP, map_norm),
+        (diffs, [str(i) for i in range(T)], "|A - B|", "magma", diff_norm),
+    ]
+    panel = max(2.0, 0.1 * T) if labelled else 3.0  # inches per map
+    fig = Figure(figsize=(3 * panel + 3.9, n * (panel + 0.45) + 1.75), layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False)
+    images = [None, None, None]
+    for r in range(n):
+        for c, (maps, ticks, heading, cmap, norm) in enumerate(columns):
+            ax = axes[r, c]
+            colours = matplotlib.colormaps[cmap].with_extremes(bad="white")
+            shown = np.ma.masked_array(maps[r], future)
+            images[c] = ax.imshow(shown, cmap=colours, norm=norm, interpolation="nearest")
+            ax.set_title(f"{labels[r]}: {heading}", fontsize=9)
+            if labelled:  # y labels on every panel: each column has its own text
+                ax.set_yticks(np.arange(T), ticks, fontsize=7)
+                bottom = ticks if r == n - 1 else []  # x labels once per column
+                ax.set_xticks(np.arange(T), bottom, fontsize=7, rotation=90 if c < 2 else 0)
+                ax.tick_params(length=1.5, pad=1)
+            if c == 0:
+                ax.set_ylabel(f"{labels[r]}\nquery position i", fontsize=9)
+            if c == 2 and marked_rows[r] is not None:  # triangles just right of the map
+                for i in np.flatnonzero(marked_rows[r]):
+                    ax.plot(T - 0.5 + 0.7, i, marker="<", color="tab:green", ms=4, clip_on=False)
+                ax.set_xlim(-0.5, T - 0.5)
+    shrink = min(0.9, 1.8 / n)  # colour bars about two panels tall
+    fig.colorbar(images[0], ax=axes[:, :2].ravel().tolist(), shrink=shrink, aspect=30,
+                 label="attention probability (sqrt scale)")  # fmt: skip
+    # ticks that still label small changes: 0, 5%, 25%, 100% of the largest
+    diff_ticks = np.unique(np.floor(diff_max * np.array([0.0, 0.05, 0.25, 1.0]) * 1e3) / 1e3)
+    fig.colorbar(images[2], ax=axes[:, 2].tolist(), shrink=shrink, aspect=30, ticks=diff_ticks,
+                 label="|difference| (sqrt scale)")  # fmt: skip
+    fig.supxlabel("key position j (attended to)", fontsize=9)
+    fig.suptitle(f'{title}\nA: "{decode(tokens_a)}"   B: "{decode(tokens_b)}"', fontsize=10)
+    return fig
+
+
 fig = two_inputs_figure(
     [maps_a[kind][0].mean(axis=0) for kind in KINDS],  # (T, T) layer 0, mean over heads
     [maps_b[kind][0].mean(axis=0) for kind in KINDS],  # (T, T)
@@ -530,7 +586,39 @@ fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 # Last, the five statistics of the last layer as bars, one group per model
 # and one bar per head, with the uniform map's value as a dashed line.
 
+
 # %%
+def stats_bars_figure(stats, *, labels, reference, reference_label, titles, title):
+    """One panel per statistic, one bar group per model, one bar per head; the
+    reference value dashed. ``stats``: per model, a dict name -> (H,) values."""
+    keys, n_models = list(stats[0]), len(stats)
+    H = max(len(values) for d in stats for values in d.values())  # the most heads of any model
+    n_cols = 3
+    n_rows = -(-(len(keys) + 1) // n_cols)  # one more panel: the legend
+    width = 0.9 + n_cols * max(4.5, 0.5 + 0.25 * n_models * H)  # a quarter inch per bar
+    fig = Figure(figsize=(width, 1.0 + 3.0 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    bar, x = 0.8 / H, np.arange(n_models)
+    colours = matplotlib.colormaps["tab10"].colors
+    for ax, key in zip(axes, keys, strict=False):
+        for h in range(H):
+            has = [m for m in range(n_models) if h < len(stats[m][key])]  # models with head h
+            heights = [stats[m][key][h] for m in has]
+            ax.bar(x[has] + (h - (H - 1) / 2) * bar, heights, bar, label=f"head {h}",
+                   color=colours[h % len(colours)])  # fmt: skip
+        ax.axhline(float(reference[key]), color="0.3", ls="--", lw=1, label=reference_label)
+        ax.set_xticks(x, labels, fontsize=8)
+        default = f"{key}: {STAT_UNITS[key].split(' (')[0]}" if key in STAT_UNITS else key
+        ax.set_title(titles.get(key, default), fontsize=9, wrap=True)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[len(keys) :]:
+        ax.set_axis_off()
+    handles, names = axes[0].get_legend_handles_labels()  # the first panel has every head
+    axes[-1].legend(handles, names, loc="center", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
 layer = n_layers - 1
 fig2 = stats_bars_figure(
     [{**stats[kind][layer], "spaces": space_mass[(kind, layer)]} for kind in KINDS],  # (H,) each
