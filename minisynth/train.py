@@ -39,7 +39,7 @@ from .data import (
     iter_eval_windows,
     load_data,
 )
-from .model import SynthesizerLM
+from .model import ModelConfig, SynthesizerLM
 from .optim import AdamW, clip_grad_norm, lr_schedule, synthetic_logits_lr_scale
 
 LN2 = math.log(2.0)
@@ -117,14 +117,32 @@ def saved_run(out_dir):
 
 
 def _saved_settings(data):
-    from .model import ModelConfig
-
     model_config = ModelConfig.from_json(str(data["config"]))
     saved = ckpt.saved_json(data, "train_config")
     if not saved:
         return model_config, None, {}
     saved["data"] = canonical_data_spec(saved["data"])  # older runs saved it as typed
     return model_config, TrainConfig(**saved), ckpt.saved_json(data, "data")
+
+
+def resumed_settings(out_dir, overrides):
+    """(ModelConfig, TrainConfig) of the run saved in ``out_dir``, with ``overrides``
+    (field -> value, e.g. the flags typed on the command line) on top: the one place
+    where saved and given settings merge. A new ``steps`` stretches or cuts the
+    schedule (:func:`resumed_schedule`)."""
+    saved_model, saved_train, _ = saved_run(out_dir)
+    return _merged_settings(saved_model, saved_train, overrides)
+
+
+def _merged_settings(saved_model, saved_train, overrides):
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_overrides = {k: v for k, v in overrides.items() if k in model_fields}
+    train_overrides = {k: v for k, v in overrides.items() if k not in model_fields}
+    model_config = dataclasses.replace(saved_model, **model_overrides)
+    if saved_train is None:  # a checkpoint older than saved settings: the defaults
+        return model_config, TrainConfig(**train_overrides)
+    schedule = resumed_schedule(saved_train, train_overrides.get("steps", saved_train.steps))
+    return model_config, dataclasses.replace(schedule, **train_overrides)
 
 
 def resumed_schedule(saved, steps):
@@ -266,9 +284,10 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
         model, data = ckpt.load_checkpoint(ckpt_path, backend=backend)
         start = int(data["step"])
         saved_model_config, saved_config, saved_data = _saved_settings(data)
-        differences = setting_differences(saved_model_config, model_config)
+        expected = _merged_settings(saved_model_config, saved_config, {"steps": tc.steps})
+        differences = setting_differences(expected[0], model_config)
         if saved_config is not None:
-            differences += setting_differences(resumed_schedule(saved_config, tc.steps), tc)
+            differences += setting_differences(expected[1], tc)
         if differences:
             raise RunConflict(
                 f"--resume: the request differs from the run saved in {out}: "

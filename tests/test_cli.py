@@ -5,7 +5,7 @@ import pytest
 from helpers import TINY_MODEL_ARGS
 
 from minisynth import __version__
-from minisynth.cli import main
+from minisynth.cli import build_parser, main
 
 TRAIN = ["train", *TINY_MODEL_ARGS, "--steps", "6", "--eval-interval", "3",
          "--sample-length", "10", "--quiet"]  # fmt: skip
@@ -93,3 +93,25 @@ def test_bad_numbers_are_rejected_by_the_parser(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "expected a positive" in capsys.readouterr().err
+
+
+def test_train_flags_take_their_defaults_from_the_config_fields():
+    """One source for every default: `minisynth train` with no flags gives ModelConfig()'s
+    and TrainConfig()'s values, and every field but vocab_size (bytes) has a flag."""
+    import dataclasses
+
+    from minisynth.cli.parser import CONFIG_FLAGS
+    from minisynth.model import ModelConfig
+    from minisynth.train import TrainConfig
+
+    args = build_parser().parse_args(["train"])
+    for config in (ModelConfig(), TrainConfig()):
+        for field in dataclasses.fields(config):
+            if field.name == "vocab_size":
+                assert field.name not in CONFIG_FLAGS
+                continue
+            assert field.name in CONFIG_FLAGS, f"{field.name} has no flag"
+            assert getattr(args, field.name) == getattr(config, field.name), field.name
+    assert args.typed == set()
+    typed = build_parser().parse_args(["train", "--lr", "0.01", "--d-model", "64"]).typed
+    assert typed == {"lr", "d_model"}
