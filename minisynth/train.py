@@ -246,7 +246,7 @@ def train(
     """Train and return a summary dict (final val BPC, wall time, sample, paths).
 
     ``resume=True`` continues the run saved in ``out_dir``: the configs given must
-    equal the saved ones except for ``steps`` (get them with :func:`saved_run`),
+    equal the saved ones except for ``steps`` (get them with :func:`resumed_settings`),
     and the data must be byte for byte what the run started on; otherwise
     :class:`RunConflict`. A fresh run into a directory that already holds a
     checkpoint or metrics raises :class:`RunConflict` before touching anything,
@@ -258,51 +258,154 @@ def train(
     changes.
     """
     check_backend(backend)
-    return _train(
-        model_config, train_config, out_dir, resume, force, progress, log, stop_after, backend
-    )
+    run = _open_run(model_config, train_config, Path(out_dir), resume, force, log, backend)
+    settings, model, splits = run.settings, run.model, run.splits
+    _compile_kernels_once(model, splits["train"], log)
+    t_start = time.perf_counter()
+    step, val_bpc, throughput = run.start, None, _Throughput()
+    last = settings.steps if stop_after is None else min(settings.steps, run.start + stop_after)
+    bar = tqdm(total=settings.steps, initial=step, disable=not progress, unit="step",
+               dynamic_ncols=True)  # fmt: skip
+    with _StopRequested() as stop, run.metrics.open("a") as metrics, bar:
+        while step < last and not stop.requested:
+            lr = lr_schedule(step, max_lr=settings.lr, warmup_steps=settings.warmup_steps,
+                             total_steps=settings.steps, min_lr=settings.min_lr)  # fmt: skip
+            x, y = get_batch(splits["train"], settings.batch_size, model.config.max_len, run.rng)
+            loss, grads = fast.loss_and_grads(model, x, y)
+            _check_finite(loss, step, lr, run.checkpoint)
+            if settings.grad_clip > 0:
+                clip_grad_norm(grads, settings.grad_clip)
+            run.optimizer.step(grads, lr=lr)
+            step += 1
+            throughput.count(x.size)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            evaluated = step % settings.eval_interval == 0 or step == settings.steps
+            if step % settings.log_interval == 0 or evaluated:
+                record = {"step": step, "lr": lr, "loss": loss, "tokens_per_s": throughput.rate()}
+                if evaluated:
+                    val_bpc = record["val_bpc"] = evaluate(model, splits["val"])
+                    bar.write(f"step {step}: train loss {loss:.4f}, val BPC {val_bpc:.4f}")
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                throughput.restart()  # evaluation time excluded
+            if evaluated:
+                run.save(step)
+        if step < settings.steps:
+            run.save(step)
+            log(f"interrupted: saved step {step} to {run.checkpoint}; continue with --resume")
+    return _summary(run, step, val_bpc, wall=time.perf_counter() - t_start)
 
 
-def _train(model_config, train_config, out_dir, resume, force, progress, log, stop_after, backend):
-    out = Path(out_dir)
+# --------------------------------------------------------------- the run's bookkeeping
+@dataclass
+class _Run:
+    """An open run: the model, optimizer and data RNG a training loop advances, and
+    where they are saved."""
+
+    out: Path
+    checkpoint: Path
+    metrics: Path
+    settings: TrainConfig  # its data spec canonical (a file path absolute)
+    model: SynthesizerLM
+    optimizer: AdamW
+    rng: np.random.Generator
+    start: int  # steps already done
+    splits: dict  # "train", "val", "test" -> (n,) uint8
+    fingerprint: dict  # the data's size and SHA-256
+
+    def save(self, step):
+        ckpt.save_checkpoint(
+            self.checkpoint,
+            self.model,
+            optimizer=self.optimizer,
+            step=step,
+            rng=self.rng,
+            train_config=dataclasses.asdict(self.settings),
+            data=self.fingerprint,
+        )
+
+
+def _open_run(model_config, train_config, out, resume, force, log, backend):
+    """Check the request, load the data and the model (fresh or resumed): a :class:`_Run`."""
+    checkpoint, metrics = out / CHECKPOINT_NAME, out / METRICS_NAME
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
-    ckpt_path = out / CHECKPOINT_NAME
-    metrics_path = out / METRICS_NAME
     if not resume and not force:
-        held = [p.name for p in (ckpt_path, metrics_path) if p.exists()]
+        held = [p.name for p in (checkpoint, metrics) if p.exists()]
         if held:
             raise RunConflict(
                 f"{out} already holds a run ({' and '.join(held)}); continue it with --resume, "
                 "start over with --force (deletes them), or choose another --out"
             )
     # a file path is saved absolute, so that a run resumes from any working directory
-    tc = dataclasses.replace(train_config, data=canonical_data_spec(train_config.data))
+    settings = dataclasses.replace(train_config, data=canonical_data_spec(train_config.data))
+    saved = _resumed_checkpoint(checkpoint, model_config, settings, backend) if resume else None
+    splits, description, fingerprint = _checked_data(settings, model_config, saved)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
+        stale.unlink(missing_ok=True)
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        model, data = ckpt.load_checkpoint(ckpt_path, backend=backend)
-        start = int(data["step"])
-        saved_model_config, saved_config, saved_data = _saved_settings(data)
-        expected = _merged_settings(saved_model_config, saved_config, {"steps": tc.steps})
-        differences = setting_differences(expected[0], model_config)
-        if saved_config is not None:
-            differences += setting_differences(expected[1], tc)
-        if differences:
-            raise RunConflict(
-                f"--resume: the request differs from the run saved in {out}: "
-                + "; ".join(f"{k} saved {a!r}, given {b!r}" for k, a, b in differences),
-                differences,
-            )
-        if tc.steps < start:
-            raise RunConflict(
-                f"--resume: --steps {tc.steps} is below the {start} steps the run has done"
-            )
-    splits, description = load_data(tc.data)
-    fingerprint = data_fingerprint(tc.data, splits)
-    if resume and saved_data and saved_data["sha256"] != fingerprint["sha256"]:
+        model, data = saved
+        rng, start = ckpt.restore_rng(data), int(data["step"])
+    else:
+        model = SynthesizerLM(model_config, seed=settings.seed, backend=backend)
+        rng, start = np.random.default_rng(settings.seed), 0
+    optimizer = AdamW(
+        model.params,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        lr_scale=synthetic_logits_lr_scale(settings.synthetic_lr_scale),
+        backend=backend,
+    )
+    if resume:
+        optimizer.load_state_dict(ckpt.optimizer_state(data))
+        _trim_metrics(metrics, start)
+        log(f"resuming {checkpoint} at step {start} of {settings.steps}")
+    else:
+        checkpoint.unlink(missing_ok=True)
+        metrics.unlink(missing_ok=True)
+    log(
+        f"{model_config.attention}: {model.num_params():,} parameters, data {description}, "
+        f"backend {model.backend}"
+    )
+    return _Run(out, checkpoint, metrics, settings, model, optimizer, rng, start, splits,
+                fingerprint)  # fmt: skip
+
+
+def _resumed_checkpoint(checkpoint, model_config, settings, backend):
+    """(model, checkpoint dict) of the run to resume, refused if the request differs."""
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
+    model, data = ckpt.load_checkpoint(checkpoint, backend=backend)
+    start = int(data["step"])
+    saved_model_config, saved_config, _ = _saved_settings(data)
+    expected = _merged_settings(saved_model_config, saved_config, {"steps": settings.steps})
+    differences = setting_differences(expected[0], model_config)
+    if saved_config is not None:
+        differences += setting_differences(expected[1], settings)
+    if differences:
         raise RunConflict(
-            f"--resume: the data {tc.data} changed since the run started (size "
+            f"--resume: the request differs from the run saved in {checkpoint.parent}: "
+            + "; ".join(f"{k} saved {a!r}, given {b!r}" for k, a, b in differences),
+            differences,
+        )
+    if settings.steps < start:
+        raise RunConflict(
+            f"--resume: --steps {settings.steps} is below the {start} steps the run has done"
+        )
+    return model, data
+
+
+def _checked_data(settings, model_config, saved):
+    """(splits, description, fingerprint) of the run's data; a resumed run's must be the
+    data it started on, and every split long enough for one window."""
+    splits, description = load_data(settings.data)
+    fingerprint = data_fingerprint(settings.data, splits)
+    saved_data = _saved_settings(saved[1])[2] if saved is not None else {}
+    if saved_data and saved_data["sha256"] != fingerprint["sha256"]:
+        raise RunConflict(
+            f"--resume: the data {settings.data} changed since the run started (size "
             f"{saved_data['size']:,} -> {fingerprint['size']:,} bytes, SHA-256 "
             f"{saved_data['sha256'][:12]}... -> {fingerprint['sha256'][:12]}...); restore it, "
             "or start a new run with another --out"
@@ -314,115 +417,55 @@ def _train(model_config, train_config, out_dir, resume, force, progress, log, st
                 f"the {name} split of {description} has {splits[name].size} bytes, too few for "
                 f"max_len {T} (it needs at least {T + 1}); lower --max-len or use more data"
             )
+    return splits, description, fingerprint
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
-        stale.unlink(missing_ok=True)
-    if not resume:
-        model = SynthesizerLM(model_config, seed=tc.seed, backend=backend)
-    optimizer = AdamW(
-        model.params,
-        lr=tc.lr,
-        weight_decay=tc.weight_decay,
-        lr_scale=synthetic_logits_lr_scale(tc.synthetic_lr_scale),
-        backend=backend,
-    )
-    if resume:
-        optimizer.load_state_dict(ckpt.optimizer_state(data))
-        rng = ckpt.restore_rng(data)
-        _trim_metrics(metrics_path, start)
-        log(f"resuming {ckpt_path} at step {start} of {tc.steps}")
-    else:
-        rng = np.random.default_rng(tc.seed)
-        start = 0
-        ckpt_path.unlink(missing_ok=True)
-        metrics_path.unlink(missing_ok=True)
-    tc_dict = dataclasses.asdict(tc)
-    log(
-        f"{model_config.attention}: {model.num_params():,} parameters, data {description}, "
-        f"backend {model.backend}"
-    )
 
-    def save(step):
-        ckpt.save_checkpoint(
-            ckpt_path,
-            model,
-            optimizer=optimizer,
-            step=step,
-            rng=rng,
-            train_config=tc_dict,
-            data=fingerprint,
+class _Throughput:
+    """Bytes trained per second since the last restart."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self):
+        self.since, self.tokens = time.perf_counter(), 0
+
+    def count(self, tokens):
+        self.tokens += tokens
+
+    def rate(self):
+        return self.tokens / max(time.perf_counter() - self.since, 1e-9)
+
+
+def _check_finite(loss, step, lr, checkpoint):
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the training loss became {loss} at step {step + 1}; the learning rate "
+            f"({lr:.3g}) is probably too high for this model. The last good checkpoint "
+            f"{checkpoint if checkpoint.exists() else '(none yet)'} is untouched"
         )
 
-    _compile_kernels_once(model, splits["train"], log)
-    val_bpc = None
-    t_start = time.perf_counter()
-    t_last, tokens_since = t_start, 0
-    step = start
-    bar = tqdm(total=tc.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
-    with _StopRequested() as stop, metrics_path.open("a") as metrics, bar:
-        stop_step = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
-        while step < tc.steps and not stop.requested and step < stop_step:
-            lr = lr_schedule(
-                step,
-                max_lr=tc.lr,
-                warmup_steps=tc.warmup_steps,
-                total_steps=tc.steps,
-                min_lr=tc.min_lr,
-            )
-            x, y = get_batch(splits["train"], tc.batch_size, T, rng)
-            loss, grads = fast.loss_and_grads(model, x, y)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the training loss became {loss} at step {step + 1}; the learning rate "
-                    f"({lr:.3g}) is probably too high for this model. The last good checkpoint "
-                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is untouched"
-                )
-            if tc.grad_clip > 0:
-                clip_grad_norm(grads, tc.grad_clip)
-            optimizer.step(grads, lr=lr)
-            step += 1
-            tokens_since += x.size
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            evaluated = step % tc.eval_interval == 0 or step == tc.steps
-            if step % tc.log_interval == 0 or evaluated:
-                now = time.perf_counter()
-                record = {
-                    "step": step,
-                    "lr": lr,
-                    "loss": loss,
-                    "tokens_per_s": tokens_since / max(now - t_last, 1e-9),
-                }
-                if evaluated:
-                    val_bpc = evaluate(model, splits["val"])
-                    record["val_bpc"] = val_bpc
-                    bar.write(f"step {step}: train loss {loss:.4f}, val BPC {val_bpc:.4f}")
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                t_last, tokens_since = time.perf_counter(), 0
-            if evaluated:
-                save(step)
-        if step < tc.steps:
-            save(step)
-            log(f"interrupted: saved step {step} to {ckpt_path}; continue with --resume")
-    wall = time.perf_counter() - t_start
+
+def _summary(run, step, val_bpc, wall):
+    """The result of :func:`train`: the final validation BPC and what puts it in context."""
+    settings, splits = run.settings, run.splits
     if val_bpc is None:
-        val_bpc = evaluate(model, splits["val"])
+        val_bpc = evaluate(run.model, splits["val"])
     result = {
-        "attention": model.config.attention,
+        "attention": run.model.config.attention,
         "steps": step,
         "val_bpc": val_bpc,
         "wall_time_s": wall,
-        "checkpoint": str(ckpt_path),
-        "metrics": str(metrics_path),
-        "interrupted": step < tc.steps,
+        "checkpoint": str(run.checkpoint),
+        "metrics": str(run.metrics),
+        "interrupted": step < settings.steps,
         # for scale: a uniform guess over 256 bytes, and the train split's byte frequencies
         "uniform_bpc": math.log2(256),
         "unigram_bpc": unigram_bpc(splits["train"], splits["val"]),
     }
-    if step == tc.steps and tc.sample_length:
+    if step == settings.steps and settings.sample_length:
         prompt = splits["val"][:64]
         result["sample_prompt"] = decode(prompt)
-        result["sample"] = decode(model.generate(prompt, tc.sample_length, seed=tc.seed))
+        result["sample"] = decode(
+            run.model.generate(prompt, settings.sample_length, seed=settings.seed)
+        )
     return result
