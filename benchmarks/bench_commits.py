@@ -20,26 +20,25 @@ warm-up steps) and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from harness import markdown_row, run_once, worker_env
 
 HERE = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import json, statistics, sys, time
 import numpy as np
 import inspect
+from harness import apply_malloc_setting, reply
+apply_malloc_setting()
 try:
-    from minisynth.fast.allocator import reuse_freed_memory
     from minisynth import fast
     step_grads = fast.loss_and_grads
 except ImportError:  # an older layout
-    from minisynth.allocator import reuse_freed_memory
     step_grads = lambda model, x, y: model.loss_and_grads(x, y)
-reuse_freed_memory()
 from minisynth.model import ModelConfig, SynthesizerLM
 from minisynth.optim import AdamW, clip_grad_norm
 numba = {}  # the fast path: chosen per object since issue 23, by a global switch before
@@ -60,21 +59,15 @@ for _ in range(steps + 2):
     clip_grad_norm(grads, 1.0)
     opt.step(grads, lr=1e-4)
     times.append(time.perf_counter() - t0)
-print(json.dumps({"ms": 1e3 * statistics.median(times[2:]), "loss": float(loss)}))
+reply({"ms": 1e3 * statistics.median(times[2:]), "loss": float(loss)})
 """
 
 
 def time_step(checkout, kind, steps):
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    out = subprocess.run(
-        [sys.executable, "-c", WORKER, kind, str(steps)],
-        env=env,
-        cwd=checkout,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])["ms"]
+    """Median ms of a training step of ``kind`` in a fresh process importing ``checkout``."""
+    env = worker_env()  # the malloc setting of `minisynth train`, in every process
+    env["PYTHONPATH"] = os.pathsep.join([str(checkout), str(HERE / "benchmarks")])
+    return run_once([sys.executable, "-c", WORKER, kind, str(steps)], env, cwd=checkout)["ms"]
 
 
 def main(argv=None):
@@ -89,7 +82,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4, help="timed steps per process")
     args = parser.parse_args(argv)
     print(f"old: {args.old.resolve()}  new: {HERE}  (median over {args.rounds} processes)\n")
-    print("| kind | old ms | new ms | new / old |")
+    print(markdown_row(["kind", "old ms", "new ms", "new / old"]))
     print("|---|---:|---:|---:|")
     for kind in args.kinds:
         old, new = [], []
@@ -97,7 +90,7 @@ def main(argv=None):
             old.append(time_step(args.old.resolve(), kind, args.steps))
             new.append(time_step(HERE, kind, args.steps))
         o, n = statistics.median(old), statistics.median(new)
-        print(f"| {kind} | {o:.0f} | {n:.0f} | {n / o:.2f} |", flush=True)
+        print(markdown_row([kind, f"{o:.0f}", f"{n:.0f}", f"{n / o:.2f}"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ import statistics
 import time
 
 import numpy as np
+from harness import apply_malloc_setting, markdown_row
 
 from minisynth import ModelConfig, SynthesizerLM, attention
-from minisynth.fast.allocator import reuse_freed_memory
 
 KINDS = (*attention.KINDS, "dense+vanilla")  # every single kind and the paper's best mixture
 CONFIGS = {
@@ -84,12 +84,12 @@ def main():
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--quick", action="store_true", help="small models, a smoke run")
     args = parser.parse_args()
-    reuse_freed_memory()
+    apply_malloc_setting()  # as `minisynth sample`
     table = QUICK_CONFIGS if args.quick else CONFIGS
     print(f"median of {args.repeats}; bytes/s generating a full window from a 1-byte prompt")
     print()
-    print("| config | kind | decoding state (bytes) | incremental (bytes/s) "
-          "| full window (bytes/s) | speedup |")  # fmt: skip
+    print(markdown_row(["config", "kind", "decoding state (bytes)", "incremental (bytes/s)",
+                        "full window (bytes/s)", "speedup"]))  # fmt: skip
     print("|---|---|---:|---:|---:|---:|")
     for name in args.configs.split(","):
         config = table[name]
@@ -98,8 +98,9 @@ def main():
         )
         for kind in args.kinds.split(","):
             nbytes, incremental, full = measure(config, kind, args.repeats)
-            print(f"| {label} | {kind} | {nbytes:,} | {incremental:,.0f} | {full:,.1f} "
-                  f"| {incremental / full:.1f}x |", flush=True)  # fmt: skip
+            cells = [label, kind, f"{nbytes:,}", f"{incremental:,.0f}", f"{full:,.1f}",
+                     f"{incremental / full:.1f}x"]  # fmt: skip
+            print(markdown_row(cells), flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import tempfile
 import time
 
 import numpy as np
+from harness import markdown_table, time_call_ms
 
 B, T, C, V, HIDDEN = 16, 256, 256, 256, 1024
 HEADS = 8  # attention core: hs = C / HEADS
@@ -48,22 +49,6 @@ def parse_args(argv=None):
         "--warm-cache", action="store_true", help="use the package's Numba cache (no compilation)"
     )
     return parser.parse_args(argv)
-
-
-def median_ms(fn, repeat, before=None):
-    """Median wall time of ``repeat`` calls of ``fn()`` in ms, after one warm-up call.
-
-    ``before()``, if given, runs untimed before every call.
-    """
-    fn()
-    times = []
-    for _ in range(repeat):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
 
 
 def float_arrays(result):
@@ -160,17 +145,6 @@ def make_cases(kernels, layers, optim, rng):
     ]  # fmt: skip
 
 
-def print_table(header, rows, formats):
-    """A Markdown table: ``formats`` are format specs, one per column."""
-    cells = [[format(v, f) for v, f in zip(row, formats, strict=True)] for row in rows]
-    widths = [max(len(c) for c in column) for column in zip(header, *cells, strict=True)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:  # text left, numbers right
-        columns = zip(row, widths, formats, strict=True)
-        print("| " + " | ".join(c.ljust(w) if not f else c.rjust(w) for c, w, f in columns) + " |")
-
-
 def main(argv=None):
     """Run every case and print the table."""
     args = parse_args(argv)
@@ -196,15 +170,13 @@ def main(argv=None):
         kernel_result = kernel()  # the first call compiles (unless cached)
         first_s = time.perf_counter() - start
         diff = max_rel_diff(kernel_result, twin())
-        numba_ms = median_ms(kernel, args.repeat)
-        numpy_ms = median_ms(twin, args.repeat)
+        twin()  # one warm-up call each (the kernel's was its first, compiling call)
+        numba_ms = time_call_ms(kernel, args.repeat)
+        numpy_ms = time_call_ms(twin, args.repeat)
         rows.append((name, shape, numpy_ms, numba_ms, numpy_ms / numba_ms, first_s, diff))
     print("Numba kernels (minisynth.fast.kernels) vs the NumPy reference, one thread")
-    print_table(
-        ["op", "shape", "numpy ms", "numba ms", "speedup", "first call s", "max rel diff"],
-        rows,
-        ["", "", ".3f", ".3f", ".1f", ".2f", ".1e"],
-    )
+    header = ["op", "shape", "numpy ms", "numba ms", "speedup", "first call s", "max rel diff"]
+    print(markdown_table(header, rows, ["", "", ".3f", ".3f", ".1f", ".2f", ".1e"]))
 
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 

@@ -78,21 +78,33 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import (
+    Worker,
+    apply_malloc_setting,
+    blas_runtime_info,
+    cpu_model,
+    current_rss_mb,
+    git_state,
+    median_ms,
+    peak_rss_mb,
+    reply,
+    run_once,
+    spread,
+    worker_env,
+)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PATHS = ("numba", "numpy", "torch")
 LR, WEIGHT_DECAY, GRAD_CLIP = 3e-3, 0.1, 1.0  # minisynth.train.TrainConfig defaults
 LOSS_RTOL = 1e-4  # float32 rounding through a few blocks is ~1e-6; a wrong model is off by >1e-2
-RESULT_TAG = "RESULT "
 
 
 @dataclass(frozen=True)
@@ -171,37 +183,6 @@ def training_flops(kind, cfg):
 
 
 # ----------------------------------------------------------------- worker helpers
-def _proc_status_mb(field):
-    """A memory field of /proc/self/status in MB (None where /proc is unavailable)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def current_rss_mb():
-    """Resident memory of this process now (MB); 0 where /proc is unavailable."""
-    return _proc_status_mb("VmRSS") or 0.0
-
-
-def peak_rss_mb():
-    """Peak resident memory of this process so far (MB).
-
-    VmHWM first: Linux carries ``ru_maxrss`` across fork + exec, so a worker's
-    ru_maxrss would start at its parent's peak (the parent has torch and Numba
-    loaded); VmHWM belongs to the worker's own address space. ru_maxrss (KiB on
-    Linux, bytes on macOS) is the fallback elsewhere.
-    """
-    hwm = _proc_status_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
 def make_batch(cfg, seed=0):
     """Real text: B random windows of the bundled enwik8 prefix (x, and y shifted by one)."""
     import numpy as np
@@ -308,13 +289,10 @@ def run_worker(spec):
     exit). Each is answered by one ``RESULT {json}`` line, so the parent can
     interleave several workers step by step and they all see the same machine load.
     """
-    if os.environ.get(MALLOC_VARIABLE) == "reuse":  # every path alike, torch's too
-        from minisynth.fast.allocator import reuse_freed_memory
-
-        reuse_freed_memory()
+    apply_malloc_setting()  # every path alike, torch's too
     step, forward_backward, facts = setup_path(spec)
     setup_rss = current_rss_mb()
-    print(RESULT_TAG + json.dumps({"ready": True}), flush=True)
+    reply({"ready": True})
     loss = float("nan")
     for line in sys.stdin:
         command = line.strip()
@@ -323,15 +301,15 @@ def run_worker(spec):
         fn = forward_backward if command == "fb" else step
         start = time.perf_counter()
         loss = float(fn())
-        reply = {"seconds": time.perf_counter() - start, "loss": loss}
+        answer = {"seconds": time.perf_counter() - start, "loss": loss}
         if command == "first" and spec["path"] == "numba":
             import numba
 
-            reply["cache_hits"], reply["cache_misses"] = numba_cache_stats()
-            reply["threading_layer"] = numba.threading_layer()
-        print(RESULT_TAG + json.dumps(reply), flush=True)
+            answer["cache_hits"], answer["cache_misses"] = numba_cache_stats()
+            answer["threading_layer"] = numba.threading_layer()
+        reply(answer)
     facts.update(setup_rss_mb=setup_rss, peak_rss_mb=peak_rss_mb(), last_loss=loss)
-    print(RESULT_TAG + json.dumps(facts), flush=True)
+    reply(facts)
 
 
 def run_matmul_worker(spec):
@@ -360,102 +338,14 @@ def run_matmul_worker(spec):
         torch.set_num_threads(threads)
         at, bt = torch.from_numpy(a), torch.from_numpy(b)
         out["torch_gflops"] = rate(lambda: at @ bt)
-    print(RESULT_TAG + json.dumps(out), flush=True)
-
-
-def blas_runtime_info():
-    """What NumPy's BLAS runs with, as threadpoolctl (minisynth's own dependency) finds it.
-
-    The kernel OpenBLAS picks at run time (e.g. Haswell vs SkylakeX) depends on the
-    CPU and on OPENBLAS_CORETYPE, so the build-time summary alone is not enough.
-    """
-    import numpy as np
-
-    from minisynth.fast.threads import blas_info
-
-    infos = blas_info()
-    if infos:
-        i = infos[0]
-        return (
-            f"{i.get('internal_api')} {i.get('version')}, core {i.get('architecture')}, "
-            f"{i.get('num_threads')} threads (threadpoolctl)"
-        )
-    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return f"{blas.get('name')} {blas.get('version')} (build-time info: np.show_config)"
+    reply(out)
 
 
 # ----------------------------------------------------------------- parent helpers
-MALLOC_VARIABLE = "MINISYNTH_BENCH_MALLOC"
-
-
-def worker_env(threads, numba_cache_dir=None, malloc="reuse"):
-    """The environment of a worker: every thread pool sized ``threads``; OPENBLAS_CORETYPE kept.
-
-    ``malloc`` "reuse" makes each worker apply :func:`minisynth.fast.allocator.reuse_freed_memory`
-    (as the ``minisynth`` command does) before it builds its model, whatever its path.
-    """
-    env = dict(os.environ)
-    env[MALLOC_VARIABLE] = malloc
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
-    if numba_cache_dir is not None:
-        env["NUMBA_CACHE_DIR"] = numba_cache_dir
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-    return env
-
-
-def spawn(mode, spec, env):
-    """Run this script as a one-shot worker; return its JSON result, or raise with its stderr."""
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), mode, json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG) :])
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    raise RuntimeError(f"{mode} worker failed (exit {proc.returncode}):\n{tail}")
-
-
-class Worker:
-    """A :func:`run_worker` subprocess for one path, driven line by line."""
-
-    def __init__(self, spec, env):
-        self.path = spec["path"]
-        self.stderr = tempfile.TemporaryFile(mode="w+")  # a file: a full pipe would block it
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr,
-            text=True,
-            cwd=ROOT,
-        )
-        self.reply()  # wait until set up
-
-    def reply(self):
-        for line in self.proc.stdout:
-            if line.startswith(RESULT_TAG):
-                return json.loads(line[len(RESULT_TAG) :])
-        self.proc.wait()
-        self.stderr.seek(0)
-        tail = "\n".join(self.stderr.read().strip().splitlines()[-15:])
-        raise RuntimeError(f"{self.path} worker failed (exit {self.proc.returncode}):\n{tail}")
-
-    def ask(self, command):
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self.reply()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()  # only ever this worker, which this script started
-            self.proc.wait()
-        self.stderr.close()
+def start_worker(spec, env):
+    """A :func:`run_worker` process of this script for one path (harness.Worker)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    return Worker(argv, env, spec["path"])
 
 
 def measure(cfg, kind, paths, args, env):
@@ -473,7 +363,7 @@ def measure(cfg, kind, paths, args, env):
     try:
         for path in paths:
             try:
-                workers[path] = Worker({**spec, "path": path}, env)
+                workers[path] = start_worker({**spec, "path": path}, env)
                 results[path] = {"path": path, "step_s": [], "fwd_bwd_s": []}
             except RuntimeError as err:
                 print(f"  {cfg.label} {kind} {path}: FAILED\n{err}", flush=True)
@@ -553,44 +443,6 @@ def check_losses(configs, threads):
                     )
             print(f"  check {cfg.label:<16} {kind:<18} loss {t_loss:.5f}  ok", flush=True)
     return worst
-
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_state():
-    """Commit and whether minisynth/ has uncommitted changes (other work may be in progress)."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "minisynth"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.split("\n")
-        changed = sorted({line[3:] for line in dirty if line.strip()})
-    except OSError:
-        return "unknown (no git)"
-    if not head:
-        return "unknown (not a git checkout)"
-    return head + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
-
-
-def median_ms(seconds):
-    return 1e3 * statistics.median(seconds)
-
-
-def spread(seconds):
-    return (max(seconds) - min(seconds)) / statistics.median(seconds)
 
 
 # --------------------------------------------------------------------- reporting
@@ -766,11 +618,8 @@ def main(argv=None):
     args, configs = parse_args(argv)
     has_torch = torch_available()
     paths = [p for p in args.paths if p != "torch" or has_torch]
-    env = worker_env(
-        args.threads,
-        tempfile.mkdtemp(prefix="bench-numba-") if args.cold_numba_cache else None,
-        args.malloc,
-    )
+    cache = tempfile.mkdtemp(prefix="bench-numba-") if args.cold_numba_cache else None
+    env = worker_env(args.threads, args.malloc, cache, pythonpath=HERE)
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
 
@@ -798,7 +647,8 @@ def main(argv=None):
 
     def matmul_rate():
         spec = {"n": 2048, "repeats": 5, "threads": args.threads, "torch": has_torch}
-        return spawn("--matmul-worker", spec, worker_env(args.threads))
+        argv = [sys.executable, __file__, "--matmul-worker", json.dumps(spec)]
+        return run_once(argv, worker_env(args.threads, pythonpath=HERE))
 
     print("measuring the float32 matmul rate ...", flush=True)
     mm_before = matmul_rate()
@@ -809,7 +659,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory(prefix="bench-numba-cold-") as cache:
             r = measure(
                 QUICK_CONFIGS["bench"], "vanilla", ["numba"], cold_args,
-                worker_env(args.threads, cache),
+                worker_env(args.threads, numba_cache_dir=cache, pythonpath=HERE),
             ).get("numba")  # fmt: skip
         if r:
             compile_s = r["first_step_s"] - statistics.median(r["step_s"])
