@@ -86,7 +86,7 @@ def attention_maps(model, tokens):
     return [np.asarray(b.attn.probs[0], dtype=np.float64) for b in cache.blocks]  # (H,T,T)
 
 
-def _fit(tokens, max_len, log, who):
+def _truncated_to_max_len(tokens, max_len, log, who):
     """Truncate to ``max_len`` bytes, saying so: the model cannot attend further."""
     if tokens.size > max_len:
         log(
@@ -129,7 +129,7 @@ def plot_checkpoint(
     model, data = load_model(checkpoint)
     cfg = model.config
     n_in = int(toks.size)
-    toks = _fit(toks, cfg.max_len, log, "this model")
+    toks = _truncated_to_max_len(toks, cfg.max_len, log, "this model")
     maps = attention_maps(model, toks)  # n_layers x (H,T,T)
     weights = mixture_weights(model)
     parts = model.attn[0].parts
@@ -223,7 +223,7 @@ def compare_checkpoints(
     names = _unique([run_name(c) for c in checkpoints])
     n_in = int(toks.size)
     shortest = min(range(len(models)), key=lambda k: models[k].config.max_len)
-    toks = _fit(toks, models[shortest].config.max_len, log, names[shortest])
+    toks = _truncated_to_max_len(toks, models[shortest].config.max_len, log, names[shortest])
     layers_used = [
         _resolve_layer(layer, m.config.n_layers, c)
         for m, c in zip(models, checkpoints, strict=True)
@@ -246,16 +246,7 @@ def compare_checkpoints(
         scale=scale,
     )
     stats = [attention_stats(m) for m in maps]
-    js, pairs = {}, []
-    for a in range(len(maps)):
-        for b in range(a + 1, len(maps)):
-            if maps[a].shape == maps[b].shape:
-                value, how = js_divergence(maps[a], maps[b]), "head by head"
-            else:  # different head counts: no head-to-head pairing exists
-                value = js_divergence(maps[a].mean(axis=0), maps[b].mean(axis=0))
-                how = "head-averaged maps (the head counts differ)"
-            js[(a, b)] = value
-            pairs.append({"a": names[a], "b": names[b], "js_divergence": value, "compared": how})
+    js, pairs = _pairwise_divergences(maps, names)
     report = {
         "input": {
             "source": source or "tokens",
@@ -289,6 +280,21 @@ def compare_checkpoints(
         log(f"  {p['a']} vs {p['b']}: {p['js_divergence']:.4f} ({p['compared']})")
     log(f"statistics: {stats_path}")
     return {"paths": {"compare": path, "stats": stats_path}, "stats": stats, "js": js}
+
+
+def _pairwise_divergences(maps, names):
+    """Mean JS divergence of every pair of models' maps: ({(i, j): nats}, report rows)."""
+    js, pairs = {}, []
+    for a in range(len(maps)):
+        for b in range(a + 1, len(maps)):
+            if maps[a].shape == maps[b].shape:
+                value, how = js_divergence(maps[a], maps[b]), "head by head"
+            else:  # different head counts: no head-to-head pairing exists
+                value = js_divergence(maps[a].mean(axis=0), maps[b].mean(axis=0))
+                how = "head-averaged maps (the head counts differ)"
+            js[(a, b)] = value
+            pairs.append({"a": names[a], "b": names[b], "js_divergence": value, "compared": how})
+    return js, pairs
 
 
 def curves_for_runs(runs, out, *, fmt=None, log=print):
