@@ -506,15 +506,27 @@ def components(kind, d_model, n_heads, max_len, **options):
     return _make_components(parse_kind(kind), C, H, L, options)
 
 
-def count_params(kind, d_model, n_heads, max_len, **options):
-    """Number of trainable parameters of ``build(kind, ...)`` without allocating them."""
+def parameter_shapes(kind, d_model, n_heads, max_len, **options):
+    """``(params, buffers)``: name -> shape of every array of ``build(kind, ...)``, keyed as
+    in ``layer.params`` and ``layer.buffers``, without allocating any of them."""
     comps = components(kind, d_model, n_heads, max_len, **options)
     C, H = comps[0].C, comps[0].H
-    n = 2 * C * C + 2 * C  # Wv, bv, Wo, bo
-    n += sum(math.prod(s) for c in comps for s in c.shapes().values())
-    if len(comps) > 1:
-        n += H * len(comps)  # alpha
-    return n
+    mixture = len(comps) > 1
+    params = {"Wv": (C, C), "bv": (C,), "Wo": (C, C), "bo": (C,)}
+    buffers = {}
+    for comp in comps:
+        prefix = f"{comp.kind}." if mixture else ""
+        params.update({prefix + n: s for n, s in comp.shapes().items()})
+        buffers.update({prefix + n: s for n, s in comp.buffer_shapes().items()})
+    if mixture:
+        params["alpha"] = (H, len(comps))
+    return params, buffers
+
+
+def count_params(kind, d_model, n_heads, max_len, **options):
+    """Number of trainable parameters of ``build(kind, ...)`` without allocating them."""
+    params, _ = parameter_shapes(kind, d_model, n_heads, max_len, **options)
+    return sum(math.prod(shape) for shape in params.values())
 
 
 class AttentionCache(NamedTuple):

@@ -26,6 +26,7 @@ train``) stands for the ``checkpoint.npz`` inside it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import zipfile
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .model import ModelConfig, SynthesizerLM
+from .model import ModelConfig, SynthesizerLM, check_model_size, parameter_shapes
 
 FORMAT_VERSION = 1
 OPTIM_PREFIX = "optim."
@@ -99,23 +100,77 @@ def checkpoint_path(path):
     return path
 
 
+# The entries besides the arrays: small JSON strings and scalars.
+META_KEYS = ("config", "train_config", "data", "step", "rng_state", "format", OPTIM_PREFIX + "t")
+META_MAX_BYTES = 1 << 20  # a JSON string or a scalar, with its .npy header
+NPY_HEADER_MAX_BYTES = 4096  # np.save's header is a few hundred bytes at most
+
+
+def regular_file(path, what):
+    """``path`` if it is a regular file (not a folder, device or pipe), else a CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} is not a regular file")
+    return path
+
+
+def _expected_sizes(path, read_meta):
+    """Entry -> the most bytes it may hold: its model arrays (and their AdamW moments) as
+    the saved config implies, at 8 bytes a number; the metadata entries."""
+    try:
+        config = ModelConfig.from_json(read_meta("config"))
+        check_model_size(config, np.float64)  # before any array of it is read
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {err}") from None
+    params, buffers = parameter_shapes(config)
+    arrays = {n: 8 * math.prod(shape) for n, shape in {**params, **buffers}.items()}
+    moments = {f"{OPTIM_PREFIX}{m}.{n}": arrays[n] for n in params for m in ("m", "v")}
+    limits = {**arrays, **moments, **dict.fromkeys(META_KEYS, META_MAX_BYTES)}
+    return {name: size + NPY_HEADER_MAX_BYTES for name, size in limits.items()}
+
+
 def read_checkpoint(path):
     """Read a checkpoint file (or a run directory's) into a dict of arrays, with clear
-    errors for bad files."""
-    path = checkpoint_path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    errors for bad files.
+
+    Only the entries a checkpoint of its saved config holds are read, and each only
+    after its declared size is checked against what the config implies (and, for the
+    model's size, against :func:`~minisynth.model.memory_limit`), so a small file
+    cannot make this allocate more than its model needs.
+    """
+    path = regular_file(checkpoint_path(path), "checkpoint")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint {path} is not a readable .npz archive (truncated, or not a "
+            "minisynth checkpoint)"
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+            for key in ("config", "step"):
+                if key not in npz.files:
+                    raise CheckpointError(
+                        f"checkpoint {path} has no '{key}' entry: not a minisynth file"
+                    )
+            declared = {name: npz.zip.getinfo(name + ".npy").file_size for name in npz.files}
+
+            def read(name, limit):
+                if declared[name] > limit:
+                    raise CheckpointError(
+                        f"checkpoint {path}: entry {name!r} declares {declared[name]:,} bytes, "
+                        f"more than its config allows ({limit:,})"
+                    )
+                return npz[name]
+
+            expected = _expected_sizes(path, lambda n: str(read(n, META_MAX_BYTES)))
+            return {n: read(n, expected[n]) for n in npz.files if n in expected}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as err:
+        if isinstance(err, CheckpointError):
+            raise
         raise CheckpointError(
             f"checkpoint {path} is not a readable .npz archive (truncated or corrupt?): {err}"
         ) from None
-    for key in ("config", "step"):
-        if key not in data:
-            raise CheckpointError(f"checkpoint {path} has no '{key}' entry: not a minisynth file")
-    return data
 
 
 def load_checkpoint(path, *, dtype=np.float32, backend="numpy"):

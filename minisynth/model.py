@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -31,6 +32,10 @@ from ._validate import FLOAT_DTYPES, check_int_array, check_positive_int
 from .backend import backend_of, operations
 
 EMBEDDING_STD = 0.02
+# Bytes a model's parameters (and a training step, see minisynth.train) may ask for: a
+# file or a flag asking for more is refused before anything is allocated.
+MAX_BYTES_VARIABLE = "MINISYNTH_MAX_BYTES"
+DEFAULT_MAX_BYTES = 4 * 2**30
 
 
 @dataclass
@@ -78,6 +83,62 @@ class ModelConfig:
         return cls(**fields)
 
 
+def memory_limit():
+    """Bytes a model or a training step may ask for: ``MINISYNTH_MAX_BYTES``, else 4 GiB."""
+    text = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_MAX_BYTES
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{MAX_BYTES_VARIABLE} must be a positive number of bytes, got {text!r}")
+    return int(value)
+
+
+def parameter_shapes(config):
+    """``(params, buffers)``: name -> shape of every array of ``SynthesizerLM(config)``,
+    without allocating any of them."""
+    C, V, L = config.d_model, config.vocab_size, config.max_len
+    attn_params, attn_buffers = attention.parameter_shapes(
+        config.attention, C, config.n_heads, L, **config.attention_options
+    )
+    params, buffers = {"wte": (V, C), "wpe": (L, C)}, {}
+    for i in range(config.n_layers):
+        pre = f"blocks.{i}."
+        params.update({pre + "ln1.g": (C,), pre + "ln1.b": (C,)})
+        params.update({pre + "attn." + n: shape for n, shape in attn_params.items()})
+        buffers.update({pre + "attn." + n: shape for n, shape in attn_buffers.items()})
+        params.update({pre + "ln2.g": (C,), pre + "ln2.b": (C,)})
+        params.update({pre + "mlp.W1": (C, 4 * C), pre + "mlp.b1": (4 * C,)})
+        params.update({pre + "mlp.W2": (4 * C, C), pre + "mlp.b2": (C,)})
+    params.update({"ln_f.g": (C,), "ln_f.b": (C,)})
+    return params, buffers
+
+
+def gib(nbytes):
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+def check_model_size(config, dtype=np.float32):
+    """The bytes of ``SynthesizerLM(config, dtype=dtype)``'s arrays; a ValueError naming the
+    largest array and the config's sizes when they exceed :func:`memory_limit`."""
+    params, buffers = parameter_shapes(config)
+    shapes = {**params, **buffers}
+    nbytes = sum(math.prod(shape) for shape in shapes.values()) * np.dtype(dtype).itemsize
+    limit = memory_limit()
+    if nbytes > limit:
+        largest = max(shapes, key=lambda name: math.prod(shapes[name]))
+        raise ValueError(
+            f"this model would hold {gib(nbytes)} of parameters, more than the limit of "
+            f"{gib(limit)} ({MAX_BYTES_VARIABLE}); its largest array is {largest} "
+            f"{shapes[largest]} (d_model {config.d_model}, max_len {config.max_len}, "
+            f"n_layers {config.n_layers}, vocab_size {config.vocab_size})"
+        )
+    return nbytes
+
+
 class BlockCache(NamedTuple):
     ln1: layers.LayerNormCache
     attn: attention.AttentionCache
@@ -109,6 +170,7 @@ class SynthesizerLM:
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         if np.dtype(dtype) not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        check_model_size(config, dtype)  # before anything is allocated
         self.ops = operations(backend)  # minisynth.layers, or minisynth.fast.ops
         self.config = config
         self.dtype = np.dtype(dtype)

@@ -39,7 +39,14 @@ from .data import (
     iter_eval_windows,
     load_data,
 )
-from .model import ModelConfig, SynthesizerLM
+from .model import (
+    MAX_BYTES_VARIABLE,
+    ModelConfig,
+    SynthesizerLM,
+    check_model_size,
+    gib,
+    memory_limit,
+)
 from .optim import AdamW, clip_grad_norm, lr_schedule, synthetic_logits_lr_scale
 
 LN2 = math.log(2.0)
@@ -340,6 +347,7 @@ def _open_run(model_config, train_config, out, resume, force, log, backend):
             )
     # a file path is saved absolute, so that a run resumes from any working directory
     settings = dataclasses.replace(train_config, data=canonical_data_spec(train_config.data))
+    check_step_memory(model_config, settings)  # before any array is allocated
     saved = _resumed_checkpoint(checkpoint, model_config, settings, backend) if resume else None
     splits, description, fingerprint = _checked_data(settings, model_config, saved)
     out.mkdir(parents=True, exist_ok=True)
@@ -418,6 +426,27 @@ def _checked_data(settings, model_config, saved):
                 f"max_len {T} (it needs at least {T + 1}); lower --max-len or use more data"
             )
     return splits, description, fingerprint
+
+
+def check_step_memory(model_config, settings):
+    """Refuse, before anything is allocated, a run whose training step would need more than
+    :func:`~minisynth.model.memory_limit` bytes: the parameters with their gradients and
+    AdamW moments, the batch, and an estimate of the activations a step keeps (float32)."""
+    params = check_model_size(model_config)  # the model alone, and its own message
+    B, T, C = settings.batch_size, model_config.max_len, model_config.d_model
+    H, V = model_config.n_heads, model_config.vocab_size
+    # per position: ~30 (B,T,C)-sized arrays per block (norms, q k v, MLP at 4C, their
+    # gradients), ~3 (B,H,T,T) attention maps per block, the logits and their softmax
+    per_position = model_config.n_layers * (30 * C + 3 * H * T) + 3 * V
+    step = 4 * params + 4 * B * T * per_position + 16 * B * T
+    limit = memory_limit()
+    if step > limit:
+        raise ValueError(
+            f"a training step of this run would need about {gib(step)} of memory, more than "
+            f"the limit of {gib(limit)} ({MAX_BYTES_VARIABLE}): --batch-size {B} windows of "
+            f"--max-len {T} bytes at --d-model {C}; lower them (or raise the limit)"
+        )
+    return step
 
 
 class _Throughput:

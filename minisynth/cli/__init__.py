@@ -243,6 +243,11 @@ def main(argv=None):
     except (ValueError, TypeError, OSError) as err:
         print(f"minisynth {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError as err:  # the checks before allocating should make this rare
+        detail = f" ({err})" if str(err) else ""
+        print(f"minisynth {args.command}: error: out of memory{detail}; lower --batch-size, "
+              "--max-len or --d-model, or free memory", file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         print(f"minisynth {args.command}: interrupted", file=sys.stderr)
         return 130
