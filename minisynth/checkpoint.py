@@ -28,13 +28,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .model import ModelConfig, SynthesizerLM, check_model_size, parameter_shapes
+from .run_folder import temporary_name
 
 FORMAT_VERSION = 1
 OPTIM_PREFIX = "optim."
@@ -49,7 +49,7 @@ def atomic_write(path, write):
     """Call ``write(file_object)`` on a temporary file, fsync it, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = temporary_name(path)  # a name only minisynth makes (run_folder sweeps them)
     # os.open with mode 0o666 lets the kernel apply the umask (mkstemp would force 0600)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

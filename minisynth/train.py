@@ -17,7 +17,9 @@ a run, unless ``force=True``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import math
 import signal
@@ -48,6 +50,7 @@ from .model import (
     memory_limit,
 )
 from .optim import AdamW, clip_grad_norm, lr_schedule, synthetic_logits_lr_scale
+from .run_folder import RunLock, sweep_temporaries
 
 LN2 = math.log(2.0)
 CHECKPOINT_NAME = ckpt.CHECKPOINT_NAME
@@ -124,12 +127,25 @@ def saved_run(out_dir):
 
 
 def _saved_settings(data):
+    """(ModelConfig, TrainConfig or None, data fingerprint or {}) of a checkpoint dict. A
+    checkpoint without training settings (written by ``minisynth import``, or before they
+    were saved) gives None and {}: it resumes with the settings and data given now."""
     model_config = ModelConfig.from_json(str(data["config"]))
     saved = ckpt.saved_json(data, "train_config")
-    if not saved:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(saved, dict) or not saved or not fields.issuperset(saved):
         return model_config, None, {}
-    saved["data"] = canonical_data_spec(saved["data"])  # older runs saved it as typed
-    return model_config, TrainConfig(**saved), ckpt.saved_json(data, "data")
+    try:
+        saved["data"] = canonical_data_spec(saved.get("data", TrainConfig.data))
+        train_config = TrainConfig(**saved)  # older runs saved the data spec as typed
+    except (TypeError, ValueError) as err:
+        raise ckpt.CheckpointError(
+            f"the checkpoint's training settings are invalid: {err}"
+        ) from None
+    fingerprint = ckpt.saved_json(data, "data")
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("sha256"), str):
+        fingerprint = {}  # nothing to compare the data with: it is recorded from now on
+    return model_config, train_config, fingerprint
 
 
 def resumed_settings(out_dir, overrides):
@@ -146,10 +162,21 @@ def _merged_settings(saved_model, saved_train, overrides):
     model_overrides = {k: v for k, v in overrides.items() if k in model_fields}
     train_overrides = {k: v for k, v in overrides.items() if k not in model_fields}
     model_config = dataclasses.replace(saved_model, **model_overrides)
-    if saved_train is None:  # a checkpoint older than saved settings: the defaults
-        return model_config, TrainConfig(**train_overrides)
+    if saved_train is None:  # imported, or older than saved settings: a new schedule
+        return model_config, new_run_settings(train_overrides)
     schedule = resumed_schedule(saved_train, train_overrides.get("steps", saved_train.steps))
     return model_config, dataclasses.replace(schedule, **train_overrides)
+
+
+def new_run_settings(overrides):
+    """The TrainConfig of a new schedule: ``overrides`` (field -> value) on the defaults,
+    where the default min_lr and warmup_steps give way to a lower given lr and steps."""
+    values = {**dataclasses.asdict(TrainConfig()), **overrides}
+    if "min_lr" not in overrides:
+        values["min_lr"] = min(values["min_lr"], values["lr"])
+    if "warmup_steps" not in overrides:
+        values["warmup_steps"] = min(values["warmup_steps"], values["steps"])
+    return TrainConfig(**values)
 
 
 def resumed_schedule(saved, steps):
@@ -266,6 +293,11 @@ def train(
     """
     check_backend(backend)
     run = _open_run(model_config, train_config, Path(out_dir), resume, force, log, backend)
+    with run:  # the run folder's lock, until the end however it ends
+        return _train_loop(run, progress, log, stop_after)
+
+
+def _train_loop(run, progress, log, stop_after):
     settings, model, splits = run.settings, run.model, run.splits
     _compile_kernels_once(model, splits["train"], log)
     t_start = time.perf_counter()
@@ -320,26 +352,74 @@ class _Run:
     start: int  # steps already done
     splits: dict  # "train", "val", "test" -> (n,) uint8
     fingerprint: dict  # the data's size and SHA-256
+    lock: RunLock  # held until the run ends
 
     def save(self, step):
-        ckpt.save_checkpoint(
-            self.checkpoint,
-            self.model,
-            optimizer=self.optimizer,
-            step=step,
-            rng=self.rng,
-            train_config=dataclasses.asdict(self.settings),
-            data=self.fingerprint,
-        )
+        try:
+            ckpt.save_checkpoint(
+                self.checkpoint,
+                self.model,
+                optimizer=self.optimizer,
+                step=step,
+                rng=self.rng,
+                train_config=dataclasses.asdict(self.settings),
+                data=self.fingerprint,
+            )
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            kept = (
+                f"the last good checkpoint, {self.checkpoint}, is intact: continue with "
+                "--resume once there is room" if self.checkpoint.exists()
+                else "no checkpoint was written yet"
+            )  # fmt: skip
+            raise OSError(
+                errno.ENOSPC, f"no space left on the device of {self.out} at step {step}; {kept}"
+            ) from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error, *_):
+        # a fresh run that failed before its first checkpoint leaves a folder a new run takes
+        if error is not None and self.start == 0 and not self.checkpoint.exists():
+            self.metrics.unlink(missing_ok=True)
+        self.lock.release()
 
 
 def _open_run(model_config, train_config, out, resume, force, log, backend):
-    """Check the request, load the data and the model (fresh or resumed): a :class:`_Run`."""
-    checkpoint, metrics = out / CHECKPOINT_NAME, out / METRICS_NAME
+    """Lock the run folder, check the request, load the data and the model (fresh or
+    resumed): a :class:`_Run`. A refusal unlocks and changes nothing."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out).acquire()
+    try:
+        return _open_locked_run(model_config, train_config, out, resume, force, log, backend,
+                                lock)  # fmt: skip
+    except BaseException:
+        lock.release()
+        if created:  # leave no trace of a refused run: the folder held nothing before
+            lock.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _holds_run(checkpoint, metrics):
+    """The names of a run's files in its folder (an empty metrics file is no run: a fresh
+    run that failed before logging anything)."""
+    held = [checkpoint] if checkpoint.exists() else []
+    if metrics.exists() and metrics.stat().st_size > 0:
+        held.append(metrics)
+    return [p.name for p in held]
+
+
+def _open_locked_run(model_config, train_config, out, resume, force, log, backend, lock):
+    checkpoint, metrics = out / CHECKPOINT_NAME, out / METRICS_NAME
     if not resume and not force:
-        held = [p.name for p in (checkpoint, metrics) if p.exists()]
+        held = _holds_run(checkpoint, metrics)
         if held:
             raise RunConflict(
                 f"{out} already holds a run ({' and '.join(held)}); continue it with --resume, "
@@ -350,12 +430,13 @@ def _open_run(model_config, train_config, out, resume, force, log, backend):
     check_step_memory(model_config, settings)  # before any array is allocated
     saved = _resumed_checkpoint(checkpoint, model_config, settings, backend) if resume else None
     splits, description, fingerprint = _checked_data(settings, model_config, saved)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a run killed mid-write; never read
-        stale.unlink(missing_ok=True)
+    sweep_temporaries(out)  # left by a run killed mid-write; never read
     if resume:
         model, data = saved
-        rng, start = ckpt.restore_rng(data), int(data["step"])
+        start = int(data["step"])  # checked by _resumed_checkpoint
+        # an imported model has no data RNG or optimizer state yet: both start afresh
+        has_rng = bool(ckpt.saved_json(data, "rng_state"))
+        rng = ckpt.restore_rng(data) if has_rng else np.random.default_rng(settings.seed)
     else:
         model = SynthesizerLM(model_config, seed=settings.seed, backend=backend)
         rng, start = np.random.default_rng(settings.seed), 0
@@ -367,8 +448,11 @@ def _open_run(model_config, train_config, out, resume, force, log, backend):
         backend=backend,
     )
     if resume:
-        optimizer.load_state_dict(ckpt.optimizer_state(data))
-        _trim_metrics(metrics, start)
+        if ckpt.optimizer_state(data):
+            optimizer.load_state_dict(ckpt.optimizer_state(data))
+        else:
+            log("the checkpoint holds no optimizer state (an imported model): AdamW starts afresh")
+        _trim_metrics(metrics, start)  # the last change: every check is behind
         log(f"resuming {checkpoint} at step {start} of {settings.steps}")
     else:
         checkpoint.unlink(missing_ok=True)
@@ -378,7 +462,7 @@ def _open_run(model_config, train_config, out, resume, force, log, backend):
         f"backend {model.backend}"
     )
     return _Run(out, checkpoint, metrics, settings, model, optimizer, rng, start, splits,
-                fingerprint)  # fmt: skip
+                fingerprint, lock)  # fmt: skip
 
 
 def _resumed_checkpoint(checkpoint, model_config, settings, backend):
@@ -386,7 +470,13 @@ def _resumed_checkpoint(checkpoint, model_config, settings, backend):
     if not checkpoint.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
     model, data = ckpt.load_checkpoint(checkpoint, backend=backend)
-    start = int(data["step"])
+    step = np.asarray(data["step"])
+    if step.shape != () or not np.issubdtype(step.dtype, np.integer) or int(step) < 0:
+        raise RunConflict(
+            f"--resume: {checkpoint} holds the step counter {step.tolist()!r}, not a "
+            "non-negative integer; it cannot be continued"
+        )
+    start = int(step)
     saved_model_config, saved_config, _ = _saved_settings(data)
     expected = _merged_settings(saved_model_config, saved_config, {"steps": settings.steps})
     differences = setting_differences(expected[0], model_config)
@@ -414,7 +504,7 @@ def _checked_data(settings, model_config, saved):
     if saved_data and saved_data["sha256"] != fingerprint["sha256"]:
         raise RunConflict(
             f"--resume: the data {settings.data} changed since the run started (size "
-            f"{saved_data['size']:,} -> {fingerprint['size']:,} bytes, SHA-256 "
+            f"{saved_data.get('size', '?')} -> {fingerprint['size']} bytes, SHA-256 "
             f"{saved_data['sha256'][:12]}... -> {fingerprint['sha256'][:12]}...); restore it, "
             "or start a new run with another --out"
         )

@@ -67,26 +67,24 @@ def _fresh_settings(values, typed):
     import dataclasses
 
     from ..model import ModelConfig
-    from ..train import TrainConfig
+    from ..train import new_run_settings
 
-    if "min_lr" not in typed:
-        values["min_lr"] = min(values["min_lr"], values["lr"])
-    if "warmup_steps" not in typed:
-        values["warmup_steps"] = min(values["warmup_steps"], values["steps"])
-    if values["min_lr"] > values["lr"]:
+    if "min_lr" in typed and values["min_lr"] > values["lr"]:
         raise ValueError(
             f"--min-lr {values['min_lr']:g} is above --lr {values['lr']:g}; "
             "the cosine schedule decays from --lr down to --min-lr"
         )
-    if values["warmup_steps"] > values["steps"]:
+    if "warmup_steps" in typed and values["warmup_steps"] > values["steps"]:
         raise ValueError(
             f"--warmup-steps {values['warmup_steps']} is more than --steps "
             f"{values['steps']}; the warmup must fit in the run"
         )
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_values = {k: v for k, v in values.items() if k in model_fields}
-    train_values = {k: v for k, v in values.items() if k not in model_fields}
-    return ModelConfig(**model_values), TrainConfig(**train_values)
+    model_config = ModelConfig(**{k: v for k, v in values.items() if k in model_fields})
+    given = {
+        k: v for k, v in values.items() if k not in model_fields and (k in typed or k == "data")
+    }
+    return model_config, new_run_settings(given)
 
 
 def _as_typed(value):
