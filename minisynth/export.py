@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import struct
 from pathlib import Path
 
@@ -36,13 +37,18 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .model import ModelConfig, SynthesizerLM
+from .model import ModelConfig, SynthesizerLM, check_model_size, parameter_shapes
+from .run_folder import temporary_name
+
+BYTE_VOCAB = 256  # minisynth is byte-level
 
 FORMAT_NAME = "minisynth"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 SAFETENSORS_DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+SAFETENSORS_HEADER_MAX = 100_000_000  # bytes: the format's own limit
+CONFIG_MAX_BYTES = 1 << 20  # a config.json is a few hundred bytes
 EXPORT_DTYPE = "F32"
 
 
@@ -72,54 +78,155 @@ def save_safetensors(path, arrays):
     atomic_write(Path(path), write)
 
 
-def load_safetensors(path):
-    """Read a safetensors file -> (name -> ndarray, dtype name per tensor); clear errors."""
+def _entry_error(path, name, what):
+    return ExportError(f"{path}: tensor {name!r} {what}")
+
+
+def _no_duplicates(pairs):
+    """json object hook: a safetensors header names each tensor (and each field) once."""
+    names = [name for name, _ in pairs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"the header names {repeated} more than once")
+    return dict(pairs)
+
+
+def _natural(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_safetensors_header(path):
+    """The checked header of a safetensors file: ``(entries, data_start)`` with entries
+    name -> (dtype name, shape, (begin, end)), without reading any tensor.
+
+    As strict as the format: an 8-byte length of at most 100 MB, a JSON object of
+    tensors (and an optional string-to-string ``__metadata__``), each named once with
+    exactly ``dtype``, ``shape`` and ``data_offsets``; the byte ranges tile the data
+    exactly (no gap, no overlap, no trailing byte) and each fits its shape.
+    """
     path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path} does not exist")
+    if not path.is_file():
+        raise ExportError(f"{path} is not a regular file")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        first = f.read(8)
+        if len(first) < 8:
+            raise ExportError(f"{path} is not a safetensors file (shorter than its 8-byte header)")
+        (head_len,) = struct.unpack("<Q", first)
+        if head_len > SAFETENSORS_HEADER_MAX:
+            raise ExportError(
+                f"{path}: the header claims {head_len:,} bytes, over the format's limit of "
+                f"{SAFETENSORS_HEADER_MAX:,}"
+            )
+        if 8 + head_len > size:
+            raise ExportError(
+                f"{path} is truncated or not a safetensors file (its header runs past its end)"
+            )
+        text = f.read(head_len)
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ExportError(f"{path} does not exist") from None
-    except OSError as err:
-        raise ExportError(f"{path} cannot be read: {err}") from None
-    if len(raw) < 8:
-        raise ExportError(f"{path} is not a safetensors file (shorter than its 8-byte header)")
-    (head_len,) = struct.unpack("<Q", raw[:8])
-    if 8 + head_len > len(raw):
-        raise ExportError(f"{path} is truncated or not a safetensors file (header past the end)")
-    try:
-        header = json.loads(raw[8 : 8 + head_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise ExportError(f"{path}: the safetensors header is nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as err:
         raise ExportError(f"{path} has an unreadable safetensors header: {err}") from None
-    data = memoryview(raw)[8 + head_len :]
-    arrays, dtypes = {}, {}
+    if not isinstance(header, dict):
+        raise ExportError(
+            f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object "
+            "of tensors"
+        )
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+        isinstance(v, str) for v in metadata.values()
+    ):  # (JSON keys are always strings)
+        raise ExportError(f"{path}: __metadata__ must map strings to strings")
+    entries = {}
     for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise ExportError(f"{path}: tensor {name} has a malformed header entry") from None
-        dtypes[name] = dtype_name
-        if dtype_name not in SAFETENSORS_DTYPES:
-            continue  # reported by the caller, which knows what it expected
-        dtype = SAFETENSORS_DTYPES[dtype_name]
-        if not (0 <= begin <= end <= len(data)) or end - begin != math.prod(shape) * dtype.itemsize:
-            raise ExportError(f"{path}: tensor {name}'s byte range does not fit its shape {shape}")
-        arrays[name] = np.frombuffer(data[begin:end], dtype=dtype).reshape(shape).copy()
-    return arrays, dtypes
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise _entry_error(path, name, "must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str):
+            raise _entry_error(path, name, f"has the dtype {dtype!r}, not a name")
+        if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+            raise _entry_error(path, name, f"has the shape {shape!r}, not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_natural, offsets))
+                and offsets[0] <= offsets[1]):  # fmt: skip
+            raise _entry_error(path, name, f"has the byte range {offsets!r}, not [begin, end]")
+        entries[name] = (dtype, tuple(shape), tuple(offsets))
+    data_len, position = size - 8 - head_len, 0
+    for name, (dtype, shape, (begin, end)) in sorted(entries.items(), key=lambda e: e[1][2]):
+        if begin != position:
+            raise _entry_error(
+                path, name, f"starts at data byte {begin}, expected {position} (the byte ranges "
+                "must follow each other without gaps or overlaps)"
+            )  # fmt: skip
+        nbytes = (
+            math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+            if dtype in SAFETENSORS_DTYPES
+            else None
+        )
+        if nbytes is not None and end - begin != nbytes:
+            raise _entry_error(path, name, f"has a byte range that does not fit its shape {shape}")
+        position = end
+    if position != data_len:
+        raise ExportError(
+            f"{path}: the tensors cover {position:,} bytes of data but the file holds "
+            f"{data_len:,} (truncated, or trailing bytes)"
+        )
+    return entries, 8 + head_len
+
+
+def load_safetensors(path):
+    """Read a safetensors file -> (name -> ndarray, dtype name per tensor); clear errors.
+    Tensors of a dtype minisynth does not read are left out of the arrays."""
+    entries, data_start = read_safetensors_header(path)
+    arrays = {}
+    with Path(path).open("rb") as f:
+        for name, (dtype_name, shape, (begin, end)) in entries.items():
+            if dtype_name in SAFETENSORS_DTYPES:  # the caller reports the others
+                f.seek(data_start + begin)
+                raw = f.read(end - begin)
+                dtype = SAFETENSORS_DTYPES[dtype_name]
+                arrays[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+    return arrays, {name: entry[0] for name, entry in entries.items()}
 
 
 # ----------------------------------------------------------------- directories
 def write_pretrained(out_dir, config, arrays):
-    """Write ``DIR/model.safetensors`` (float32) and ``DIR/config.json``."""
+    """Write ``DIR/model.safetensors`` (float32) and ``DIR/config.json``: both or neither.
+
+    A new DIR is written as a temporary folder and renamed into place. Into an existing
+    DIR both files are written as temporaries first and only then renamed over the old
+    ones, so a failure while writing (a full disk) leaves the old pair as it was.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_safetensors(
-        out_dir / WEIGHTS_NAME, {n: np.asarray(a, np.float32) for n, a in arrays.items()}
-    )
     fields = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **dataclasses.asdict(config)}
-    text = json.dumps(fields, indent=2, sort_keys=True) + "\n"
-    atomic_write(out_dir / CONFIG_NAME, lambda f: f.write(text.encode("utf-8")))
+    text = (json.dumps(fields, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    weights = {n: np.asarray(a, np.float32) for n, a in arrays.items()}
+    fresh = not out_dir.exists()
+    folder = temporary_name(out_dir) if fresh else out_dir
+    folder.mkdir(parents=True, exist_ok=not fresh)
+    written = [(folder / WEIGHTS_NAME, "weights"), (folder / CONFIG_NAME, "config")]
+    staged = {}
+    try:
+        if fresh:
+            save_safetensors(written[0][0], weights)
+            atomic_write(written[1][0], lambda f: f.write(text))
+            folder.rename(out_dir)
+            return
+        staged[WEIGHTS_NAME] = temporary_name(out_dir / WEIGHTS_NAME)
+        save_safetensors(staged[WEIGHTS_NAME], weights)
+        staged[CONFIG_NAME] = temporary_name(out_dir / CONFIG_NAME)
+        atomic_write(staged[CONFIG_NAME], lambda f: f.write(text))
+        for name, tmp in staged.items():
+            tmp.replace(out_dir / name)
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)  # our own temporary folder only
+        raise
 
 
 def read_config(src_dir):
@@ -130,9 +237,13 @@ def read_config(src_dir):
             f"{src_dir} is not a directory (expected {CONFIG_NAME} and {WEIGHTS_NAME})"
         )
     try:
+        if path.is_file() and path.stat().st_size > CONFIG_MAX_BYTES:
+            raise ExportError(f"{path} is {path.stat().st_size:,} bytes, not a config.json")
         fields = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ExportError(f"{path} does not exist") from None
+    except RecursionError:
+        raise ExportError(f"{path} is nested too deeply to be a config") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ExportError(f"{path} is not readable JSON: {err}") from None
     if not isinstance(fields, dict):
@@ -149,18 +260,33 @@ def read_config(src_dir):
         raise ExportError(f"{path}: {err}") from None
 
 
-def read_pretrained(src_dir, dtype=np.float32):
-    """An export directory -> a :class:`SynthesizerLM`, every array checked against the config."""
+def read_pretrained(src_dir, dtype=np.float32, *, allow_nonfinite=False):
+    """An export directory -> a :class:`SynthesizerLM`, every array checked against the config.
+
+    The config and the weights' header are checked against each other before any tensor
+    is read or the model built; weights holding NaN or infinities are refused unless
+    ``allow_nonfinite``.
+    """
     src_dir = Path(src_dir)
     config = read_config(src_dir)
-    arrays, dtypes = load_safetensors(src_dir / WEIGHTS_NAME)
-    model = SynthesizerLM(config, dtype=dtype)
-    expected = {**model.params, **model.buffers}
-    missing = [n for n in expected if n not in dtypes]
-    unexpected = [n for n in dtypes if n not in expected]
+    if config.vocab_size != BYTE_VOCAB:
+        raise ExportError(
+            f"{src_dir / CONFIG_NAME} has vocab_size {config.vocab_size}; minisynth models "
+            f"read bytes, so it must be {BYTE_VOCAB}"
+        )
+    try:
+        check_model_size(config, dtype)
+    except ValueError as err:
+        raise ExportError(f"{src_dir / CONFIG_NAME}: {err}") from None
+    weights = src_dir / WEIGHTS_NAME
+    entries, _ = read_safetensors_header(weights)
+    params, buffers = parameter_shapes(config)
+    expected = {**params, **buffers}
+    missing = [n for n in expected if n not in entries]
+    unexpected = [n for n in entries if n not in expected]
     if missing or unexpected:
         raise ExportError(
-            f"{src_dir / WEIGHTS_NAME} does not match {CONFIG_NAME} "
+            f"{weights} does not match {CONFIG_NAME} "
             f"(attention {config.attention!r}, {config.n_layers} layers): "
             + "; ".join(
                 f"{what} {names[:3]}{' ...' if len(names) > 3 else ''}"
@@ -168,17 +294,27 @@ def read_pretrained(src_dir, dtype=np.float32):
                 if names
             )
         )
-    for name, arr in expected.items():
-        if dtypes[name] != EXPORT_DTYPE:
+    for name, shape in expected.items():
+        dtype_name, saved_shape, _ = entries[name]
+        if dtype_name != EXPORT_DTYPE:
             raise ExportError(
-                f"tensor {name} has dtype {dtypes[name]}, expected {EXPORT_DTYPE} (float32; "
-                "in PyTorch, call model.float() before saving)"
+                f"{weights}: tensor {name} has dtype {dtype_name}, expected {EXPORT_DTYPE} "
+                "(float32; in PyTorch, call model.float() before saving)"
             )
-        if arrays[name].shape != arr.shape:
+        if saved_shape != shape:
             raise ExportError(
-                f"tensor {name} has shape {arrays[name].shape}, but {CONFIG_NAME} "
-                f"implies {arr.shape}"
+                f"{weights}: tensor {name} has shape {saved_shape}, but {CONFIG_NAME} implies "
+                f"{shape}"
             )
+    arrays, _ = load_safetensors(weights)
+    if not allow_nonfinite:
+        for name, arr in arrays.items():
+            if not np.isfinite(arr).all():
+                raise ExportError(
+                    f"{weights}: tensor {name} holds NaN or infinite values; a model with "
+                    "them predicts nothing (minisynth import --allow-nonfinite takes it anyway)"
+                )
+    model = SynthesizerLM(config, dtype=dtype)
     model.load_state({n: arrays[n] for n in model.params}, {n: arrays[n] for n in model.buffers})
     return model
 
@@ -197,11 +333,12 @@ def export_checkpoint(checkpoint, out_dir, *, force=False):
     return out_dir / WEIGHTS_NAME
 
 
-def import_pretrained(src_dir, run_dir, *, force=False):
-    """Export directory -> ``run_dir/checkpoint.npz`` (for eval, sample, plot, compare)."""
+def import_pretrained(src_dir, run_dir, *, force=False, allow_nonfinite=False):
+    """Export directory -> ``run_dir/checkpoint.npz`` (for eval, sample, plot, compare,
+    and ``train --resume`` with the data you name)."""
     run_dir = Path(run_dir)
     _refuse_overwrite(run_dir / CHECKPOINT_NAME, "checkpoint", force)
-    model = read_pretrained(src_dir)
+    model = read_pretrained(src_dir, allow_nonfinite=allow_nonfinite)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / CHECKPOINT_NAME
     save_checkpoint(path, model, train_config={"imported_from": str(Path(src_dir).resolve())})

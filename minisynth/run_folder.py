@@ -85,3 +85,21 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+MAX_METRICS_LINE = 1 << 16  # bytes: a metrics record is about 150
+
+
+def metrics_lines(path):
+    """The lines of a metrics.jsonl (without their newlines), each read with a bounded
+    buffer: a line longer than any record minisynth writes is skipped, however long."""
+    with Path(path).open("rb") as f:
+        while True:
+            line = f.readline(MAX_METRICS_LINE)
+            if not line:
+                return
+            if len(line) == MAX_METRICS_LINE and not line.endswith(b"\n"):
+                while (rest := f.readline(MAX_METRICS_LINE)) and not rest.endswith(b"\n"):
+                    pass  # the rest of an overlong line, dropped piece by piece
+                continue
+            yield line.rstrip(b"\r\n").decode("utf-8", errors="replace")

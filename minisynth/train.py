@@ -50,7 +50,7 @@ from .model import (
     memory_limit,
 )
 from .optim import AdamW, clip_grad_norm, lr_schedule, synthetic_logits_lr_scale
-from .run_folder import RunLock, sweep_temporaries
+from .run_folder import RunLock, metrics_lines, sweep_temporaries
 
 LN2 = math.log(2.0)
 CHECKPOINT_NAME = ckpt.CHECKPOINT_NAME
@@ -216,7 +216,7 @@ def _trim_metrics(path, last_step):
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in metrics_lines(path):
         try:
             if json.loads(line)["step"] <= last_step:
                 keep.append(line)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import decode
+from ..run_folder import metrics_lines
 from .figures import (
     FORMATS,
     _as_tokens,
@@ -48,8 +49,10 @@ def read_metrics(path):
         path = path / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"no metrics file at {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a regular file")
     records = []
-    for line in path.read_text().splitlines():
+    for line in metrics_lines(path):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -309,6 +312,11 @@ def curves_for_runs(runs, out, *, fmt=None, log=print):
         raise ValueError("give at least one run directory or metrics.jsonl file")
     out = Path(out)
     suffix = out.suffix.lower().lstrip(".")
+    if suffix and suffix not in FORMATS and not out.is_dir():
+        raise ValueError(
+            f"--out {out}: .{suffix} is not an image format minisynth writes; give a file "
+            f"ending in {', '.join('.' + f for f in FORMATS)}, or a folder"
+        )
     if suffix in FORMATS:
         if fmt is not None and check_format(fmt) != suffix:
             raise ValueError(f"--format {fmt} conflicts with the file name {out}")
