@@ -32,6 +32,7 @@ from ._validate import FLOAT_DTYPES, check_int_array, check_positive_int
 from .backend import backend_of, operations
 
 EMBEDDING_STD = 0.02
+MAX_SIZE = 2**31 - 1  # of any size field of a config (the limits below bound memory)
 # Bytes a model's parameters (and a training step, see minisynth.train) may ask for: a
 # file or a flag asking for more is refused before anything is allocated.
 MAX_BYTES_VARIABLE = "MINISYNTH_MAX_BYTES"
@@ -53,6 +54,10 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "max_len"):
             setattr(self, name, check_positive_int(name, getattr(self, name)))
+            if getattr(self, name) > MAX_SIZE:
+                raise ValueError(
+                    f"{name} {getattr(self, name)} is beyond any model minisynth builds"
+                )
         if not isinstance(self.attention_options, dict):
             raise TypeError(
                 f"attention_options must be a dict, got {type(self.attention_options).__name__}"
@@ -97,23 +102,38 @@ def memory_limit():
     return int(value)
 
 
+def _layer_shapes(config):
+    """``(params, buffers)`` of one block, under their names inside ``blocks.<i>.``."""
+    C = config.d_model
+    attn_params, attn_buffers = attention.parameter_shapes(
+        config.attention, C, config.n_heads, config.max_len, **config.attention_options
+    )
+    params = {"ln1.g": (C,), "ln1.b": (C,)}
+    params.update({"attn." + n: shape for n, shape in attn_params.items()})
+    params.update({"ln2.g": (C,), "ln2.b": (C,), "mlp.W1": (C, 4 * C), "mlp.b1": (4 * C,),
+                   "mlp.W2": (4 * C, C), "mlp.b2": (C,)})  # fmt: skip
+    return params, {"attn." + n: shape for n, shape in attn_buffers.items()}
+
+
+def _outer_shapes(config):
+    """The arrays outside the blocks: the embeddings and the final layer norm."""
+    C = config.d_model
+    return {"wte": (config.vocab_size, C), "wpe": (config.max_len, C), "ln_f.g": (C,),
+            "ln_f.b": (C,)}  # fmt: skip
+
+
 def parameter_shapes(config):
     """``(params, buffers)``: name -> shape of every array of ``SynthesizerLM(config)``,
-    without allocating any of them."""
-    C, V, L = config.d_model, config.vocab_size, config.max_len
-    attn_params, attn_buffers = attention.parameter_shapes(
-        config.attention, C, config.n_heads, L, **config.attention_options
-    )
-    params, buffers = {"wte": (V, C), "wpe": (L, C)}, {}
+    without allocating any of them (check :func:`check_model_size` first: a config may
+    name any number of layers)."""
+    outer = _outer_shapes(config)
+    layer_params, layer_buffers = _layer_shapes(config)
+    params = {"wte": outer["wte"], "wpe": outer["wpe"]}
+    buffers = {}
     for i in range(config.n_layers):
-        pre = f"blocks.{i}."
-        params.update({pre + "ln1.g": (C,), pre + "ln1.b": (C,)})
-        params.update({pre + "attn." + n: shape for n, shape in attn_params.items()})
-        buffers.update({pre + "attn." + n: shape for n, shape in attn_buffers.items()})
-        params.update({pre + "ln2.g": (C,), pre + "ln2.b": (C,)})
-        params.update({pre + "mlp.W1": (C, 4 * C), pre + "mlp.b1": (4 * C,)})
-        params.update({pre + "mlp.W2": (4 * C, C), pre + "mlp.b2": (C,)})
-    params.update({"ln_f.g": (C,), "ln_f.b": (C,)})
+        params.update({f"blocks.{i}.{n}": shape for n, shape in layer_params.items()})
+        buffers.update({f"blocks.{i}.{n}": shape for n, shape in layer_buffers.items()})
+    params.update({"ln_f.g": outer["ln_f.g"], "ln_f.b": outer["ln_f.b"]})
     return params, buffers
 
 
@@ -121,17 +141,26 @@ def gib(nbytes):
     return f"{nbytes / 2**30:.2f} GiB"
 
 
+ARRAY_OVERHEAD = 256  # bytes of bookkeeping per array (the ndarray object, its dict entries)
+
+
 def check_model_size(config, dtype=np.float32):
-    """The bytes of ``SynthesizerLM(config, dtype=dtype)``'s arrays; a ValueError naming the
-    largest array and the config's sizes when they exceed :func:`memory_limit`."""
-    params, buffers = parameter_shapes(config)
-    shapes = {**params, **buffers}
-    nbytes = sum(math.prod(shape) for shape in shapes.values()) * np.dtype(dtype).itemsize
+    """The bytes of ``SynthesizerLM(config, dtype=dtype)``'s arrays, counted without listing
+    them; a ValueError naming the largest array and the config's sizes when they exceed
+    :func:`memory_limit`."""
+    outer = _outer_shapes(config)
+    layer = {**_layer_shapes(config)[0], **_layer_shapes(config)[1]}
+    numbers = sum(map(math.prod, outer.values())) + config.n_layers * sum(
+        map(math.prod, layer.values())
+    )
+    arrays = len(outer) + config.n_layers * len(layer)
+    nbytes = numbers * np.dtype(dtype).itemsize + ARRAY_OVERHEAD * arrays
     limit = memory_limit()
     if nbytes > limit:
+        shapes = {**outer, **{"blocks.0." + n: shape for n, shape in layer.items()}}
         largest = max(shapes, key=lambda name: math.prod(shapes[name]))
         raise ValueError(
-            f"this model would hold {gib(nbytes)} of parameters, more than the limit of "
+            f"this model would hold {gib(nbytes)} in {arrays:,} arrays, more than the limit of "
             f"{gib(limit)} ({MAX_BYTES_VARIABLE}); its largest array is {largest} "
             f"{shapes[largest]} (d_model {config.d_model}, max_len {config.max_len}, "
             f"n_layers {config.n_layers}, vocab_size {config.vocab_size})"

@@ -87,6 +87,24 @@ class RunLock:
         self.release()
 
 
+def check_not_in_use(folder):
+    """Raise :class:`RunInUse` if a run holds ``folder``'s lock now (changes nothing)."""
+    lock_file = Path(folder) / LOCK_NAME
+    if fcntl is None or not lock_file.is_file():
+        return
+    fd = os.open(lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds LOCK_EX
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        raise RunInUse(
+            f"{folder} is in use by another minisynth run (process {holder}); wait for it "
+            "to end, or choose another --out"
+        ) from None
+    finally:
+        os.close(fd)
+
+
 MAX_METRICS_LINE = 1 << 16  # bytes: a metrics record is about 150
 
 

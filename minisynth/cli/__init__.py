@@ -19,8 +19,10 @@ __all__ = ["build_parser", "main"]
 # ------------------------------------------------------------------------ commands
 def cmd_train(args):
     from ..data import canonical_data_spec
+    from ..run_folder import check_not_in_use
     from ..train import RunConflict, resumed_settings, train
 
+    check_not_in_use(args.out)  # before the saved run is read: it may be mid-write
     values = {name: getattr(args, name) for name in CONFIG_FLAGS}
     values["data"] = canonical_data_spec(values["data"])
     if args.resume:  # the saved run, with only the flags that were typed on top
@@ -209,7 +211,9 @@ def cmd_export(args):
 def cmd_import(args):
     from ..export import import_pretrained
 
-    path = import_pretrained(args.source, args.out, force=args.force)
+    path = import_pretrained(
+        args.source, args.out, force=args.force, allow_nonfinite=args.allow_nonfinite
+    )
     print(f"imported {args.source} into {path}")
     return 0
 

@@ -273,7 +273,9 @@ COMMANDS = {
          (("--out",), dict(required=True, help="run directory for checkpoint.npz, read by eval, "
                            "sample, plot, compare (required)")),
          (("--force",), dict(action="store_true", help="replace a checkpoint already in --out "
-                             "(default: refuse)"))],
+                             "(default: refuse)")),
+         (("--allow-nonfinite",), dict(action="store_true", help="import weights that hold NaN "
+                                       "or infinite values (default: refuse them)"))],
     ),
 }  # fmt: skip
 GROUPS = {  # a command whose actions are the commands "data ..."
