@@ -237,6 +237,8 @@ def read_config(src_dir):
             f"{src_dir} is not a directory (expected {CONFIG_NAME} and {WEIGHTS_NAME})"
         )
     try:
+        if path.exists() and not path.is_file():
+            raise ExportError(f"{path} is not a regular file")
         if path.is_file() and path.stat().st_size > CONFIG_MAX_BYTES:
             raise ExportError(f"{path} is {path.stat().st_size:,} bytes, not a config.json")
         fields = json.loads(path.read_text(encoding="utf-8"))

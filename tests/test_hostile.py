@@ -449,3 +449,11 @@ def test_curves_out_with_a_suffix_that_is_no_image_format(tmp_path, capsys):
     assert main(["curves", str(out), "--out", str(tmp_path / "x.jpg")]) == 2
     one_line_error(capsys, ".jpg is not an image format")
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_sample_and_eval_refuse_a_model_that_does_not_read_bytes(tmp_path, capsys):
+    """A token above 255 would be wrapped into a wrong byte."""
+    save_checkpoint(tmp_path / "c.npz", SynthesizerLM(ModelConfig(vocab_size=300, **TINY)))
+    for command in ("sample", "eval"):
+        assert main([command, "--checkpoint", str(tmp_path / "c.npz"), "--backend", "numpy"]) == 2
+        one_line_error(capsys, "vocab_size 300", "must be 256")

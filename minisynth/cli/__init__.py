@@ -89,6 +89,16 @@ def _fresh_settings(values, typed):
     return model_config, new_run_settings(given)
 
 
+def _check_bytes_model(model, checkpoint):
+    from ..export import BYTE_VOCAB
+
+    if model.config.vocab_size != BYTE_VOCAB:
+        raise ValueError(
+            f"{checkpoint} holds a model of vocab_size {model.config.vocab_size}; minisynth "
+            f"reads and writes bytes, so it must be {BYTE_VOCAB}"
+        )
+
+
 def _as_typed(value):
     """A saved or given setting as one would type it on the command line."""
     return json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
@@ -100,6 +110,7 @@ def cmd_eval(args):
     from ..train import evaluate
 
     model, _ = load_checkpoint(args.checkpoint, backend=args.backend)
+    _check_bytes_model(model, args.checkpoint)
     splits, description = load_data(args.data)
     bpc = evaluate(model, splits[args.split], batch_size=args.batch_size)
     print(f"{args.split} BPC on {description}: {bpc:.4f}")
@@ -113,6 +124,7 @@ def cmd_sample(args):
     from ..data import decode, encode_text
 
     model, _ = load_checkpoint(args.checkpoint, backend=args.backend)
+    _check_bytes_model(model, args.checkpoint)
     if not args.prompt:
         raise ValueError("--prompt must not be empty")
     prompt = encode_text(args.prompt)  # (T,) bytes
