@@ -210,11 +210,16 @@ def saved_json(data, key):
     return json.loads(str(data.get(key, np.array("{}"))))
 
 
-def restore_rng(data):
-    """A numpy Generator in the state saved in the checkpoint."""
+def restore_rng(data, path="the checkpoint"):
+    """A numpy Generator in the state saved in the checkpoint (``path``, for messages)."""
     rng = np.random.default_rng()
     state = saved_json(data, "rng_state")
     if not state:
-        raise CheckpointError("the checkpoint holds no RNG state, so it cannot be resumed")
-    rng.bit_generator.state = state
+        raise CheckpointError(f"{path} holds no RNG state, so it cannot be resumed")
+    try:
+        rng.bit_generator.state = state
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(
+            f"{path}: its entry rng_state is not a data RNG state ({err})"
+        ) from None
     return rng

@@ -138,7 +138,10 @@ def parameter_shapes(config):
 
 
 def gib(nbytes):
-    return f"{nbytes / 2**30:.2f} GiB"
+    """A size for a message: GiB, MiB, or bytes when smaller."""
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.2f} GiB"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes:,} bytes"
 
 
 ARRAY_OVERHEAD = 256  # bytes of bookkeeping per array (the ndarray object, its dict entries)

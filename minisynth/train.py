@@ -436,7 +436,9 @@ def _open_locked_run(model_config, train_config, out, resume, force, log, backen
         start = int(data["step"])  # checked by _resumed_checkpoint
         # an imported model has no data RNG or optimizer state yet: both start afresh
         has_rng = bool(ckpt.saved_json(data, "rng_state"))
-        rng = ckpt.restore_rng(data) if has_rng else np.random.default_rng(settings.seed)
+        rng = (
+            ckpt.restore_rng(data, checkpoint) if has_rng else np.random.default_rng(settings.seed)
+        )
     else:
         model = SynthesizerLM(model_config, seed=settings.seed, backend=backend)
         rng, start = np.random.default_rng(settings.seed), 0
