@@ -45,6 +45,15 @@ class RunInUse(ValueError):
     """Another process holds the run folder's lock."""
 
 
+def _in_use(folder, fd):
+    """The refusal for a locked folder, naming the process written in its lock file."""
+    holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+    return RunInUse(
+        f"{folder} is in use by another minisynth run (process {holder}); wait for it to end, "
+        "or choose another --out"
+    )
+
+
 class RunLock:
     """An exclusive lock on a run folder, held from :meth:`acquire` to :meth:`release`."""
 
@@ -61,12 +70,9 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            refusal = _in_use(self.folder, fd)
             os.close(fd)
-            raise RunInUse(
-                f"{self.folder} is in use by another minisynth run (process {holder}); wait "
-                "for it to end, or choose another --out"
-            ) from None
+            raise refusal from None
         except BaseException:
             os.close(fd)
             raise
@@ -96,11 +102,7 @@ def check_not_in_use(folder):
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # refused while a run holds LOCK_EX
     except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        raise RunInUse(
-            f"{folder} is in use by another minisynth run (process {holder}); wait for it "
-            "to end, or choose another --out"
-        ) from None
+        raise _in_use(folder, fd) from None
     finally:
         os.close(fd)
 
