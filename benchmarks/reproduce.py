@@ -36,6 +36,7 @@ from reproduce_setup import (
     SEEDS,
     VARIANTS,
     run_dir,
+    tuning_variants,
 )
 
 from minisynth import ModelConfig, SynthesizerLM, attention, viz
@@ -70,9 +71,10 @@ def is_complete(result):
     return "+" not in result["attention"] or "mixture_weights" in result
 
 
-def run_one(out, name, seed, data_spec, steps):
-    """Train (or resume, or skip) one run; returns its result dict."""
-    variant = VARIANTS[name]
+def run_one(out, name, seed, data_spec, steps, variant=None):
+    """Train (or resume, or skip) one run; returns its result dict. ``variant``: one
+    outside VARIANTS (a point of the tuning search)."""
+    variant = variant or VARIANTS[name]
     rdir = run_dir(out, name, seed)
     result_path = rdir / "result.json"
     if result_path.exists() and is_complete(json.loads(result_path.read_text())):
@@ -83,7 +85,7 @@ def run_one(out, name, seed, data_spec, steps):
         data=data_spec,
         seed=seed,
         synthetic_lr_scale=variant.synthetic_lr_scale,
-        **{**SCHEDULE, "steps": steps},
+        **{**SCHEDULE, "steps": steps, **({"lr": variant.lr} if variant.lr else {})},
     )
     resume = (rdir / "checkpoint.npz").exists()
     elapsed_path = rdir / "elapsed.json"
@@ -184,6 +186,18 @@ def timing_pass(out, steps=12, warmup=3):
     return record
 
 
+def tune(out, data_spec, steps, part):
+    """The selection runs (seed 0) of the tuning search, part ``i/n`` of them."""
+    i, n = (int(x) for x in part.split("/"))
+    for variant in list(tuning_variants().values())[i::n]:
+        try:
+            run_one(out, variant.name, 0, data_spec, steps, variant=variant)
+        except KeyboardInterrupt:
+            print("interrupted: rerun the same command to resume", file=sys.stderr)
+            return 130
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="bundled")
@@ -204,6 +218,14 @@ def main(argv=None):
         action="store_true",
         help="a seconds-long sweep of tiny models, to test this script",
     )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="run the tuning search's selection runs (seed 0) that are missing, then stop",
+    )
+    parser.add_argument(
+        "--part", default="0/1", help="with --tune: i/n runs every n-th point from the i-th"
+    )
     args = parser.parse_args(argv)
     if args.smoke:  # module-level settings, so every function sees the tiny sweep
         MODEL.update(d_model=16, n_heads=2, n_layers=1, max_len=16)
@@ -215,6 +237,8 @@ def main(argv=None):
         for a in (argv if argv is not None else sys.argv[1:])
         if a not in ("--report-only", "--timings")
     )
+    if args.tune:
+        return tune(out, args.data, args.steps, args.part)
     if args.timings:
         timing_pass(out)
     results = []
