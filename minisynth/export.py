@@ -207,25 +207,26 @@ def write_pretrained(out_dir, config, arrays):
     fresh = not out_dir.exists()
     folder = temporary_name(out_dir) if fresh else out_dir
     folder.mkdir(parents=True, exist_ok=not fresh)
-    written = [(folder / WEIGHTS_NAME, "weights"), (folder / CONFIG_NAME, "config")]
-    staged = {}
+    # into a new (temporary) folder the files go under their names; into an existing
+    # folder as temporaries, renamed over the old pair once both are written
+    staged = {
+        name: folder / name if fresh else temporary_name(out_dir / name)
+        for name in (WEIGHTS_NAME, CONFIG_NAME)
+    }
     try:
-        if fresh:
-            save_safetensors(written[0][0], weights)
-            atomic_write(written[1][0], lambda f: f.write(text))
-            folder.rename(out_dir)
-            return
-        staged[WEIGHTS_NAME] = temporary_name(out_dir / WEIGHTS_NAME)
         save_safetensors(staged[WEIGHTS_NAME], weights)
-        staged[CONFIG_NAME] = temporary_name(out_dir / CONFIG_NAME)
         atomic_write(staged[CONFIG_NAME], lambda f: f.write(text))
-        for name, tmp in staged.items():
-            tmp.replace(out_dir / name)
+        if fresh:
+            folder.rename(out_dir)
+        else:
+            for name, tmp in staged.items():
+                tmp.replace(out_dir / name)
     except BaseException:
-        for tmp in staged.values():
-            tmp.unlink(missing_ok=True)
         if fresh:
             shutil.rmtree(folder, ignore_errors=True)  # our own temporary folder only
+        else:
+            for tmp in staged.values():
+                tmp.unlink(missing_ok=True)
         raise
 
 

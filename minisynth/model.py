@@ -152,7 +152,8 @@ def check_model_size(config, dtype=np.float32):
     them; a ValueError naming the largest array and the config's sizes when they exceed
     :func:`memory_limit`."""
     outer = _outer_shapes(config)
-    layer = {**_layer_shapes(config)[0], **_layer_shapes(config)[1]}
+    layer_params, layer_buffers = _layer_shapes(config)
+    layer = {**layer_params, **layer_buffers}
     numbers = sum(map(math.prod, outer.values())) + config.n_layers * sum(
         map(math.prod, layer.values())
     )
