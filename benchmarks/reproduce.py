@@ -1,47 +1,67 @@
 """A miniature reproduction of the Synthesizer paper's comparison on character-level enwik8.
 
-Trains every attention kind with the same model size, data, token budget and
-schedule over several seeds, then writes ``RESULTS.md`` (tables, figures and a
-discussion generated from the runs' own output files).
+Tunes every attention kind alike (a learning-rate search, and for the kinds that train
+R, R1 or R2 a search over R's learning-rate multiplier, selected on seed 0), trains the
+chosen settings on fresh seeds, and writes ``RESULTS.md``: the protocol, the search,
+Holm-corrected comparisons with a pooled check, parameters as they act, BPC against
+wall time, figures and a discussion generated from the runs' own output files.
 
-    python benchmarks/reproduce.py                  # the whole sweep, then the report
+    python benchmarks/reproduce.py                  # the whole study, then the report
+    for i in 0 1; do taskset -c $i python benchmarks/reproduce.py & done; wait
+                                                    # one process per core (as RESULTS.md)
+    python benchmarks/reproduce.py --tune           # only the search's selection runs
     python benchmarks/reproduce.py --report-only    # rebuild RESULTS.md from finished runs
     python benchmarks/reproduce.py --data enwik8    # full enwik8 (after `minisynth data fetch`)
 
-The sweep is resumable: a finished run leaves ``result.json`` and is skipped; an
+The study is resumable: a finished run leaves ``result.json`` and is skipped; an
 interrupted run continues from its checkpoint (``minisynth train --resume``
-semantics, so its trajectory is the uninterrupted one). Run directories live in
-``--out`` (default ``results/``); checkpoints are not committed, the metrics,
-per-run results and figures are.
+semantics, so its trajectory is the uninterrupted one). Several processes share the
+work: each takes the next run no other process holds (the run folder's lock). Run
+directories live in ``--out`` (default ``results/``); checkpoints are not committed,
+the metrics, per-run results and figures are.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
-import numpy as np
+import reproduce_setup as setup
 from reproduce_report import write_report
 from reproduce_setup import (
     BACKEND,
+    FINAL_SEEDS,
     KINDS,
     MODEL,
+    PAPER_KINDS,
+    RERUN,
     SCHEDULE,
     SEEDS,
+    SELECTION_SEED,
     VARIANTS,
+    WIDE_VANILLA,
+    kind_search,
+    model_config,
+    reachable_params,
     run_dir,
+    selected_variants,
+    tuning_name,
     tuning_variants,
+    widened_vanilla,
 )
 
-from minisynth import ModelConfig, SynthesizerLM, attention, viz
+from minisynth import attention, viz
 from minisynth.checkpoint import load_checkpoint
 from minisynth.data import load_data
+from minisynth.run_folder import RunInUse, check_not_in_use
 from minisynth.train import TrainConfig, evaluate, train
 
 
@@ -80,7 +100,7 @@ def run_one(out, name, seed, data_spec, steps, variant=None):
     if result_path.exists() and is_complete(json.loads(result_path.read_text())):
         return json.loads(result_path.read_text())
     options = dict(variant.options)
-    mc = ModelConfig(attention=variant.attention, attention_options=options, **MODEL)
+    mc = model_config(variant)
     tc = TrainConfig(
         data=data_spec,
         seed=seed,
@@ -97,19 +117,15 @@ def run_one(out, name, seed, data_spec, steps, variant=None):
     print(f"== {name} seed {seed}{' (resuming)' if resume else ''}", flush=True)
     t0 = time.perf_counter()
     try:
-        res = train(
-            mc,
-            tc,
-            rdir,
-            resume=resume,
-            force=not resume,
-            progress=sys.stderr.isatty(),
-            log=print,
-            backend=BACKEND,
-        )
-    finally:  # wall time survives interruptions
+        res = train(mc, tc, rdir, resume=resume, force=not resume,
+                    progress=sys.stderr.isatty(), log=print, backend=BACKEND)  # fmt: skip
+    except RunInUse:  # another process of the study trains it: not ours to record
+        raise
+    except BaseException:  # wall time survives interruptions
         rdir.mkdir(parents=True, exist_ok=True)
         elapsed_path.write_text(json.dumps({"wall_time_s": before + time.perf_counter() - t0}))
+        raise
+    elapsed_path.write_text(json.dumps({"wall_time_s": before + time.perf_counter() - t0}))
     if res["interrupted"]:
         raise KeyboardInterrupt
     wall = json.loads(elapsed_path.read_text())["wall_time_s"]
@@ -123,13 +139,15 @@ def run_one(out, name, seed, data_spec, steps, variant=None):
         "seed": seed,
         "data": description,
         "params": model.num_params(),
+        "reachable_params": reachable_params(mc),
         "attention_params_per_layer": attention.count_params(
-            variant.attention, MODEL["d_model"], MODEL["n_heads"], MODEL["max_len"], **options
+            variant.attention, mc.d_model, mc.n_heads, mc.max_len, **options
         ),
+        "lr": tc.lr,
         "val_bpc": evaluate(model, splits["val"]),
         "test_bpc": evaluate(model, splits["test"]),
         "steps": steps,
-        "tokens": steps * SCHEDULE["batch_size"] * MODEL["max_len"],
+        "tokens": steps * SCHEDULE["batch_size"] * mc.max_len,
         "wall_time_s": wall,
         "compute": compute_description(),
         "model_config": asdict(mc),
@@ -146,56 +164,103 @@ def run_one(out, name, seed, data_spec, steps, variant=None):
     return result
 
 
-def timing_pass(out, steps=12, warmup=3):
-    """Tokens/s of a training step of every variant with today's code -> figures/timings.json.
-
-    Each variant: a fresh model, ``warmup`` steps (compilation, caches), then the median
-    of ``steps`` timed steps (forward, backward, clipping, AdamW on the fast path).
-    """
-    import statistics
-
-    from minisynth import fast
-    from minisynth.data import get_batch
-    from minisynth.optim import AdamW, clip_grad_norm, synthetic_logits_lr_scale
-
-    splits, _ = load_data("bundled")
-    rng = np.random.default_rng(0)
-    timings = {}
-    for name, variant in VARIANTS.items():
-        mc = ModelConfig(attention=variant.attention, attention_options=dict(variant.options),
-                         **MODEL)  # fmt: skip
-        model = SynthesizerLM(mc, seed=0, backend=BACKEND)
-        opt = AdamW(model.params, lr=SCHEDULE["lr"], weight_decay=SCHEDULE["weight_decay"],
-                    backend=BACKEND,
-                    lr_scale=synthetic_logits_lr_scale(variant.synthetic_lr_scale))  # fmt: skip
-        times = []
-        for step in range(warmup + steps):
-            x, y = get_batch(splits["train"], SCHEDULE["batch_size"], MODEL["max_len"], rng)
-            t0 = time.perf_counter()
-            _, grads = fast.loss_and_grads(model, x, y)
-            clip_grad_norm(grads, SCHEDULE["grad_clip"])
-            opt.step(grads)
-            if step >= warmup:
-                times.append(time.perf_counter() - t0)
-        timings[name] = SCHEDULE["batch_size"] * MODEL["max_len"] / statistics.median(times)
-        print(f"   {name}: {timings[name]:,.0f} tokens/s", flush=True)
-    record = {"compute": compute_description(), "steps": steps, "tokens_per_s": timings}
-    path = out / "figures" / "timings.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1))
-    return record
+def selection_bpc(out):
+    """name -> validation BPC of every finished selection run (seed 0) of the search."""
+    known = {}
+    while True:
+        found = {}
+        for name in tuning_variants(known):
+            path = run_dir(out, name, SELECTION_SEED) / "result.json"
+            if name not in known and path.exists():
+                found[name] = json.loads(path.read_text())["val_bpc"]
+        if not found:
+            return known
+        known.update(found)
 
 
-def tune(out, data_spec, steps, part):
-    """The selection runs (seed 0) of the tuning search, part ``i/n`` of them."""
-    i, n = (int(x) for x in part.split("/"))
-    for variant in list(tuning_variants().values())[i::n]:
-        try:
-            run_one(out, variant.name, 0, data_spec, steps, variant=variant)
-        except KeyboardInterrupt:
-            print("interrupted: rerun the same command to resume", file=sys.stderr)
-            return 130
-    return 0
+def finished(out, name, seed):
+    path = run_dir(out, name, seed) / "result.json"
+    return path.exists() and is_complete(json.loads(path.read_text()))
+
+
+@functools.cache
+def wide_vanilla(vanilla):
+    """The chosen vanilla widened to dense+vanilla's reachable size (computed once)."""
+    return widened_vanilla(vanilla, reachable_params(model_config(VARIANTS["dense+vanilla"])))
+
+
+class Study(NamedTuple):
+    """What the report reads: every finished run, by its role in the study."""
+
+    selection: dict  # name -> seed-0 result of every finished point of the search
+    points: dict  # kind -> [(lr, R multiplier, name)] of every point known so far
+    chosen: dict  # kind (and WIDE_VANILLA) -> the chosen Variant
+    final: dict  # kind -> results at the fresh seeds (kinds with every fresh seed done)
+    untuned: dict  # VARIANTS name -> results at SEEDS
+    seeds: list  # the fresh seeds
+
+
+def study_plan(out, kinds, final_seeds):
+    """(runs, study): every (variant, seed) the study calls for so far, in the order they
+    run (the search's selection runs on seed 0; the chosen settings of the kinds whose
+    search has finished, and vanilla widened, at the fresh seeds; the controls and the
+    untuned kinds they are compared with at SEEDS; vanilla's seed 1 rerun), and the
+    finished ones as a :class:`Study`. Finished runs may call for more."""
+    known = selection_bpc(out)
+    search = tuning_variants(known)
+    runs = [(v, SELECTION_SEED) for v in search.values() if v.attention in kinds]
+    chosen = {k: v for k, v in selected_variants(known).items() if k in kinds}
+    if "vanilla" in chosen and "dense+vanilla" in kinds:
+        chosen[WIDE_VANILLA] = wide_vanilla(chosen["vanilla"])
+    runs += [(v, seed) for seed in final_seeds for v in chosen.values()]
+    untuned = [VARIANTS[k] for k in kinds]  # the paper kinds as first run, and the controls
+    runs += [(v, seed) for seed in SEEDS for v in untuned]
+    if "vanilla" in kinds:
+        runs.append((replace(VARIANTS["vanilla"], name=RERUN), 1))
+
+    def results(variant, seeds):
+        return [json.loads((run_dir(out, variant.name, s) / "result.json").read_text())
+                for s in seeds if finished(out, variant.name, s)]  # fmt: skip
+
+    final = {k: results(v, final_seeds) for k, v in chosen.items()}
+    study = Study(
+        selection={n: results(v, [SELECTION_SEED])[0] for n, v in search.items() if n in known},
+        points={
+            k: [(lr, r, tuning_name(k, lr, r)) for lr, r in kind_search(k, known)[0]]
+            for k in PAPER_KINDS
+            if k in kinds
+        },  # fmt: skip
+        chosen=chosen,
+        final={k: r for k, r in final.items() if len(r) == len(final_seeds)},
+        untuned={v.name: r for v in untuned if (r := results(v, SEEDS))},
+        seeds=list(final_seeds),
+    )
+    return runs, study
+
+
+def run_study(out, kinds, final_seeds, data_spec, steps, tune_only=False):
+    """Run what the study calls for until nothing is left. Several processes may run it
+    at once (one per core): each takes the first run no other holds (the run folder's
+    lock), and waits while the only runs left are another's."""
+    while True:
+        runs = study_plan(out, kinds, final_seeds)[0]
+        if tune_only:
+            runs = [(v, s) for v, s in runs if s == SELECTION_SEED and v.lr is not None]
+        pending = [(v, s) for v, s in runs if not finished(out, v.name, s)]
+        if not pending:
+            return 0
+        for variant, seed in pending:
+            try:
+                check_not_in_use(run_dir(out, variant.name, seed))
+                run_one(out, variant.name, seed, data_spec, steps, variant=variant)
+                break  # what it found may change what the study calls for
+            except RunInUse:
+                continue
+            except KeyboardInterrupt:
+                print("interrupted: rerun the same command to resume", file=sys.stderr)
+                return 130
+        else:
+            time.sleep(15)  # every pending run is another process's
 
 
 def main(argv=None):
@@ -203,16 +268,11 @@ def main(argv=None):
     parser.add_argument("--data", default="bundled")
     parser.add_argument("--out", default="results")
     parser.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=FINAL_SEEDS,
+                        help="the fresh seeds of the chosen settings")  # fmt: skip
     parser.add_argument("--steps", type=int, default=SCHEDULE["steps"])
     parser.add_argument("--report", default="RESULTS.md", help="where to write the report")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument(
-        "--timings",
-        action="store_true",
-        help="re-measure every variant's training tokens/s with today's code (a short "
-        "pass, written to figures/timings.json), then write the report",
-    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -221,40 +281,27 @@ def main(argv=None):
     parser.add_argument(
         "--tune",
         action="store_true",
-        help="run the tuning search's selection runs (seed 0) that are missing, then stop",
-    )
-    parser.add_argument(
-        "--part", default="0/1", help="with --tune: i/n runs every n-th point from the i-th"
+        help="run only the tuning search's selection runs (seed 0) that are missing, then stop",
     )
     args = parser.parse_args(argv)
     if args.smoke:  # module-level settings, so every function sees the tiny sweep
         MODEL.update(d_model=16, n_heads=2, n_layers=1, max_len=16)
-        SCHEDULE.update(batch_size=4, warmup_steps=2, eval_interval=3, log_interval=1)
+        SCHEDULE.update(batch_size=4, warmup_steps=2, eval_interval=3, log_interval=1, steps=6)
         args.steps = min(args.steps, 6)
+        # a two-point grid per axis that the search cannot leave
+        setup.LR_GRID = setup.LR_LADDER = (3e-3, 6e-3)
+        setup.R_SCALE_GRID = setup.R_SCALE_LADDER = (1.0, 10.0)
+        SEEDS[:] = [0, 1]
+    SCHEDULE["steps"] = args.steps
     out = Path(args.out)
     command = "python benchmarks/reproduce.py" + "".join(
-        f" {a}"
-        for a in (argv if argv is not None else sys.argv[1:])
-        if a not in ("--report-only", "--timings")
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"
     )
-    if args.tune:
-        return tune(out, args.data, args.steps, args.part)
-    if args.timings:
-        timing_pass(out)
-    results = []
-    for seed in args.seeds:  # seed-major: a partial sweep covers every kind early
-        for kind in args.kinds:
-            if args.report_only or args.timings:
-                path = run_dir(out, kind, seed) / "result.json"
-                if path.exists():
-                    results.append(json.loads(path.read_text()))
-                continue
-            try:
-                results.append(run_one(out, kind, seed, args.data, args.steps))
-            except KeyboardInterrupt:
-                print("interrupted: rerun the same command to resume", file=sys.stderr)
-                return 130
-    write_report(out, results, Path(args.report), command)
+    if not args.report_only:
+        status = run_study(out, args.kinds, args.seeds, args.data, args.steps, args.tune)
+        if status or args.tune:
+            return status
+    write_report(out, study_plan(out, args.kinds, args.seeds)[1], Path(args.report), command)
     print(f"wrote {args.report}")
     return 0
 
