@@ -623,6 +623,13 @@ def training_tokens_per_s(out, result):
     return result["tokens"] / seconds
 
 
+def cost_line(study):
+    groups = [list(study.selection.values()), *study.final.values(), *study.untuned.values()]
+    runs = {(r["variant"], r["seed"]): r for group in groups for r in group}
+    hours = sum(r["wall_time_s"] for r in runs.values()) / 3600
+    return f"The study: {len(runs)} runs, {hours:.1f} CPU-hours of wall time in all."
+
+
 def results_table(out, study):
     lines = [
         "| kind | setting | seeds | val BPC | test BPC | raw params | reachable params "
@@ -680,6 +687,7 @@ def write_report(out, study, report, command):
         "per run.",
         "",
         compute_line(everything or list(study.selection.values())),
+        cost_line(study),
         "",
         *protocol_lines(study),
         "## The search",
