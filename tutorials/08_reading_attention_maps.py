@@ -42,7 +42,7 @@
 # tables go to `tutorials/output/` or `$MINISYNTH_TUTORIAL_OUT`. If training
 # is far slower than that on a machine busy with other work, OpenBLAS's
 # threads are fighting for the cores: start Python with
-# `OPENBLAS_NUM_THREADS=1` (tutorial 06, section 7).
+# `OPENBLAS_NUM_THREADS=1` (tutorial 09, section 7).
 
 # %%
 import os

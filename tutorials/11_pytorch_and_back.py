@@ -11,7 +11,7 @@
 #     name: python3
 # ---
 # %% [markdown]
-# # 10 · To PyTorch and back
+# # 11 · To PyTorch and back
 #
 # Two CPU cores are enough to understand a Synthesizer, not to train the
 # paper's models (hundreds of thousands of steps on accelerators). The way out
@@ -59,7 +59,7 @@ except NameError:
     HERE = Path.cwd()  # run as a notebook: Jupyter starts in the notebook's folder
 OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
-WORK = OUT / "10_pytorch_and_back"
+WORK = OUT / "11_pytorch_and_back"
 shutil.rmtree(WORK, ignore_errors=True)  # a fresh start on every run
 
 if torch.cuda.is_available():
@@ -161,7 +161,7 @@ fig = Figure(figsize=(12, 12 * grid.shape[0] / grid.shape[1]), layout="constrain
 ax = fig.subplots()
 ax.imshow(grid)
 ax.set_axis_off()
-path = OUT / "10_pytorch_and_back.png"
+path = OUT / "11_pytorch_and_back.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)

@@ -11,7 +11,7 @@
 #     name: python3
 # ---
 # %% [markdown]
-# # 06 · From NumPy to Numba
+# # 09 · From NumPy to Numba
 #
 # minisynth has two paths. The NumPy functions in `minisynth.layers` are the
 # ground truth: one array expression per line of maths. The functions of the
@@ -148,7 +148,7 @@ ranked = sorted(group_s.items(), key=lambda kv: -kv[1]) + [("whole step", step_s
 rows = [(g, f"{1e3 * s / PROFILE_STEPS:.2f}", f"{s / step_s:.0%}") for g, s in ranked]
 profile_table = md_table(["group (self time)", "ms per step", "share"], rows)
 print(profile_table)
-(OUT / "06_profile.md").write_text(f"{model}\n\n{profile_table}\n", encoding="utf-8")
+(OUT / "09_profile.md").write_text(f"{model}\n\n{profile_table}\n", encoding="utf-8")
 
 # %% [markdown]
 # Look at which groups lead; the shares change with the sizes (the smaller
@@ -549,7 +549,7 @@ for name, args in op_cases(np.float32, BATCH, config.n_heads, config.max_len, hs
         speed["our fused forward (section 2)"] = (speed[name][0], ours_ms)
 rows = [(f"`{n}`", f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}x") for n, (a, b) in speed.items()]
 kernel_table = md_table(["kernel", "NumPy ms", "Numba ms", "speed-up"], rows)
-(OUT / "06_kernels.md").write_text(kernel_table + "\n", encoding="utf-8")
+(OUT / "09_kernels.md").write_text(kernel_table + "\n", encoding="utf-8")
 print(kernel_table)
 verdicts = {"faster than": [], "within 10% of": [], "SLOWER than": []}
 for name, (a, b) in speed.items():
