@@ -359,3 +359,23 @@ def test_cli_errors(runs, tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error" in err and message in err
+
+
+def test_show_figure_displays_the_saved_file_only_in_a_notebook(tmp_path, monkeypatch, capsys):
+    from matplotlib.figure import Figure
+
+    pytest.importorskip("IPython")
+    import IPython
+    import IPython.display
+
+    from minisynth.viz import show_figure
+
+    path = tmp_path / "fig.png"
+    Figure(figsize=(1, 1)).savefig(path)
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    assert show_figure(path) == path and not shown  # a script: nothing displayed or printed
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # inside a kernel
+    show_figure(str(path))
+    assert len(shown) == 1 and shown[0].data == path.read_bytes()  # the file itself

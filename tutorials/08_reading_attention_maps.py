@@ -71,6 +71,7 @@ from minisynth.viz import (
     load_model,
     plot_attention_grid,
     plot_compare,
+    show_figure,
 )
 
 TINY = os.environ.get("MINISYNTH_TUTORIAL_TINY", "0") not in ("", "0")
@@ -82,6 +83,7 @@ OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
 KINDS = ("dense", "random", "vanilla")
 print(f"tiny={TINY}, output folder: {OUT}")
+
 
 # %% [markdown]
 # ## 1. Three models, one recipe
@@ -196,10 +198,12 @@ for layer in range(n_layers):
         title=f"layer {layer} of three models on the same text",
     )
     print("saved", path)
+    show_figure(path)
 path = plot_attention_grid(
     maps_a["vanilla"], OUT / "08_vanilla_all_layers.png", tokens=tokens_a, kind="vanilla"
 )
 print("saved", path)
+show_figure(path)
 
 # %% [markdown]
 # What to look for in the figures:
@@ -319,16 +323,44 @@ top = space_mass[(kind, layer)][head]
 if top > 0.5:
     print(
         f"{kind} layer {layer} head {head} puts most of its weight ({top:.3f}) on spaces: "
-        f"look for its vertical stripes at the space columns in 08_compare_layer{layer}.png"
+        f"its vertical stripes at the space columns are in 08_compare_layer{layer}.png above, "
+        "and drawn alone below"
     )
 else:
     print(f"no head puts most of its weight on spaces in this run (the most is {top:.3f})")
 
+
+def head_figure(probs, tokens, title):
+    """One head's map (T, T) with the key columns that hold a space marked."""
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.add_subplot()
+    masked = np.where(np.tril(np.ones_like(probs)) > 0, probs, np.nan)  # the future: blank
+    image = ax.imshow(masked, cmap=CMAP, norm=mcolors.PowerNorm(0.5, vmin=0, vmax=1))
+    labels = byte_labels(tokens)
+    ax.set_xticks(range(len(tokens)), labels, fontsize=6)
+    ax.set_yticks(range(len(tokens)), labels, fontsize=6)
+    for j in np.flatnonzero(tokens == ord(" ")):
+        ax.axvline(j, color="tab:red", linewidth=0.4, alpha=0.5)
+    ax.set_xlabel("key (red lines: spaces)")
+    ax.set_ylabel("query")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="attention (sqrt scale)")
+    return fig
+
+
+fig = head_figure(
+    maps_a[kind][layer][head],
+    tokens_a,
+    f"{kind}, layer {layer}, head {head}: {top:.3f} of its weight on spaces",
+)
+fig.savefig(OUT / "08_top_space_head.png", dpi=DPI)
+fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+
 # %% [markdown]
 # Look for a head whose mass on spaces is several times the uniform value.
 # The last line names the top head if it puts most of its weight there (above
-# 0.5); in the maps of section 2 such a head shows bright **vertical
-# stripes** at the space columns. Each of its rows looks back to the word
+# 0.5), and the figure draws it alone: such a head shows bright **vertical
+# stripes** at the space columns (marked in red). Each of its rows looks back to the word
 # boundaries, wherever they are, which is what a byte-level model needs to
 # know where it is inside a word. Only `vanilla` can do that directly;
 # `dense` heads can get there only indirectly (in the second layer $x_i$

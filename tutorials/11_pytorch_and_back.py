@@ -43,14 +43,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
-from matplotlib.image import imread
 
 from minisynth import ModelConfig, SynthesizerLM
 from minisynth.checkpoint import save_checkpoint
 from minisynth.cli import main as minisynth_cli
 from minisynth.data import get_batch, iter_eval_windows, load_data
 from minisynth.torch_model import SynthesizerTorch, make_adamw
+from minisynth.viz import (
+    attention_maps,
+    encode_text,
+    load_model,
+    mixture_weights,
+    plot_alpha,
+    plot_attention_grid,
+    show_figure,
+)
 
 TINY = os.environ.get("MINISYNTH_TUTORIAL_TINY", "0") not in ("", "0")
 try:
@@ -61,6 +68,7 @@ OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
 WORK = OUT / "11_pytorch_and_back"
 shutil.rmtree(WORK, ignore_errors=True)  # a fresh start on every run
+
 
 if torch.cuda.is_available():
     DEVICE = "cuda"
@@ -148,20 +156,59 @@ print(f"val BPC computed by PyTorch: {total / count / np.log(2):.4f}")
 
 # %% [markdown]
 # The two numbers agree to the printed digits (float32 sums in a different
-# order differ further down). Now the maps, drawn by `minisynth plot` from the
-# imported run; for a `dense+vanilla` model it also draws the learned mixture
-# weights (`alpha.png`).
+# order differ further down). Now the maps, read by minisynth from the imported
+# run: `load_model` gives a `SynthesizerLM`, `attention_maps` its maps on a text,
+# and `plot_attention_grid` draws every layer (rows) and head (columns). The
+# imported run's own step counter starts at 0 (a `model.safetensors` carries
+# weights, not a training history), so the title says how the weights were made.
 
 # %%
+imported, _ = load_model(WORK / "imported" / "checkpoint.npz")
 text = "<title>Anarchism</title> is a political philosophy"
-minisynth_cli(["plot", "--checkpoint", str(WORK / "imported"), "--text", text,
-               "--out", str(WORK / "plots")])  # fmt: skip
-grid = imread(WORK / "plots" / "attention.png")
-fig = Figure(figsize=(12, 12 * grid.shape[0] / grid.shape[1]), layout="constrained")
-ax = fig.subplots()
-ax.imshow(grid)
-ax.set_axis_off()
-path = OUT / "11_pytorch_and_back.png"
-fig.savefig(path, dpi=100)
+tokens = encode_text(text)[: config.max_len]
+maps = attention_maps(imported, tokens)  # per layer (H, T, T)
+weights = mixture_weights(imported)  # (n_layers, H, 2): softmax(alpha), dense then vanilla
+path = plot_attention_grid(
+    maps,
+    OUT / "11_pytorch_and_back.png",
+    tokens=tokens,
+    kind=config.attention,
+    mix_weights=weights,
+    components=config.attention.split("+"),
+    title=f"{config.attention}: {STEPS} steps in PyTorch on {DEVICE}, imported into minisynth",
+)
 print("saved", path)
-fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+show_figure(path)
+
+# %% [markdown]
+# What to look for: the first rows are bright for every head (row i has only
+# i + 1 keys to choose from); a bright line just below the diagonal is a head
+# reading the previous byte, the strongest single cue for the next one; and the
+# vanilla half of the mixture can follow content (stripes at the spaces or at the
+# `<` `>` of the tag), which the dense half cannot. How much each head leans on
+# each half is the learned mixture weight softmax(alpha), which started at 0.5:
+
+# %%
+for layer, heads in enumerate(weights):
+    cells = [f"head {h}: dense {w[0]:.2f} / vanilla {w[1]:.2f}" for h, w in enumerate(heads)]
+    print(f"layer {layer}: " + "  ".join(cells))
+path = plot_alpha(
+    weights,
+    OUT / "11_mixture_weights.png",
+    components=config.attention.split("+"),
+    title=f"softmax(alpha) after {STEPS} steps in PyTorch",
+)
+print("saved", path)
+show_figure(path)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Train the PyTorch model twice as long and import it again: which heads'
+#    mixture weights moved further from 0.5, and do their maps change with them?
+# 2. Export a model trained by `minisynth train` and continue training it in
+#    PyTorch for 100 steps. Is its validation BPC after the round trip better than
+#    100 more steps in minisynth would give? (Keep the learning rate schedule in
+#    mind: the PyTorch loop above has none.)
+# 3. `minisynth compare` draws several runs' maps side by side: compare the
+#    imported model with a `minisynth train` run of the same config and steps.

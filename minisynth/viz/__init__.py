@@ -28,6 +28,7 @@ from .figures import (
     plot_attention_grid,
     plot_compare,
     plot_curves,
+    show_figure,
 )
 from .runs import (
     attention_maps,
@@ -77,4 +78,5 @@ __all__ = [
     "plot_curves",
     "read_metrics",
     "run_name",
+    "show_figure",
 ]

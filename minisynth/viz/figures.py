@@ -429,3 +429,20 @@ def plot_curves(runs, path, *, title=None):
 
 def _finite(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def show_figure(path):
+    """Display a saved figure file inline when running in Jupyter; elsewhere do nothing.
+
+    The tutorials save every figure with the functions above and then show the file
+    itself, so the notebook displays exactly what was written. Returns the Path.
+    """
+    path = Path(path)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:  # IPython is not a dependency: no notebook here
+        return path
+    if get_ipython() is not None:
+        display(Image(filename=str(path)))
+    return path
