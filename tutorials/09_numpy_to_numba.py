@@ -32,8 +32,9 @@
 #    the library's backward of the attention core against finite differences;
 # 4. explains the **fastmath** flags, and why `nnan` and `ninf` are left out;
 # 5. shows why a **prange** loop may only run over what one iteration writes;
-# 6. **measures** every kernel against its twin, ours included, and a whole
-#    training step on both backends.
+# 6. **measures** every kernel against its twin, ours included (a figure), a
+#    whole training step on both backends, and why a function costs more inside
+#    a step than alone (page faults, counted).
 #
 # `MINISYNTH_TUTORIAL_TINY=1` shrinks sizes and repeats (timings are then
 # noise); tables go to `tutorials/output/` or `$MINISYNTH_TUTORIAL_OUT`.
@@ -45,11 +46,14 @@ import cProfile
 import math
 import os
 import pstats
+import resource
 import time
+import types
 from pathlib import Path
 
 import numba
 import numpy as np
+from matplotlib.figure import Figure
 
 from minisynth import ModelConfig, SynthesizerLM, layers
 from minisynth.data import get_batch, load_data
@@ -469,9 +473,14 @@ print(f"FASTMATH_FLAGS is {sum_ms['strict IEEE'] / sum_ms['FASTMATH_FLAGS']:.1f}
 # The classic way to break it is a reduction into a shared array, such as the
 # column sums of a layer-norm backward ($dg = \sum_{\text{rows}} dout \odot
 # \hat x$). `column_sums_racy` parallelises over rows and does `out[j] +=
-# x[i, j]`: two threads read the same `out[j]`, add, and write back, and one
-# addition is lost. (Numba handles `total += ...` on a scalar, or on a whole
-# array, as a reduction; an update of one *element* it cannot.)
+# x[i, j]`. One might expect an occasional lost addition, when two threads read
+# the same `out[j]` at the same moment. What happens is worse: nothing tells the
+# compiler that another thread writes `out[j]`, so it may keep `out[j]` in a
+# register for its whole chunk of rows, reading it once at the start and writing
+# it once at the end. Each thread then adds *its whole chunk* to the value it read
+# first, and the last thread to write wins: every other thread's chunk is lost at
+# once. (Numba handles `total += ...` on a scalar, or on a whole array, as a
+# reduction; an update of one *element* it cannot.)
 # `column_sums_blocks` is the library's pattern: iteration k sums its own
 # block of `ROW_BLOCK` rows into its own row of partial sums, added up
 # afterwards in a fixed order, so the result does not even depend on the
@@ -509,15 +518,22 @@ def column_sums_blocks(x, block):
 ones = np.ones((200_000, 4))  # every column sums to exactly 200000
 racy = [int(column_sums_racy(ones)[0]) for _ in range(10)]  # column 0 of ten runs
 blocks = [int(column_sums_blocks(ones, kernels.ROW_BLOCK)[0]) for _ in range(10)]
-print(f"{numba.get_num_threads()} threads; column 0 of ten racy runs: {racy}")
+threads = numba.get_num_threads()
+print(f"{threads} threads; column 0 of ten racy runs: {racy}")
 wrong = [sum(r != 200_000 for r in runs) for runs in (racy, blocks)]
 print(f"wrong in ten runs: racy {wrong[0]}, blocks {wrong[1]}")
+lost = sorted({200_000 - r for r in racy if r != 200_000})
+chunk = 200_000 // threads  # rows per thread when prange splits the loop evenly
+print(f"additions lost in a wrong run: {lost}; one thread's chunk is {chunk:,} rows")
 assert blocks == [200_000] * 10
 
 # %% [markdown]
-# How often the racy version is wrong depends on the machine and its load
-# (with one thread, or when the threads happen not to overlap, it is right);
-# that is what makes such bugs dangerous. The block version is right every time.
+# When a run is wrong, the number of lost additions is a multiple of a chunk
+# (with two threads: exactly half of them), not a scattering of single
+# additions: whole chunks, as the register explanation says. How often it is
+# wrong depends on the machine and its load (with one thread, or when the threads
+# happen not to overlap in time, the chunks add up correctly); that is what makes
+# such bugs dangerous. The block version is right every time.
 #
 # Yet no kernel of minisynth is compiled with `parallel=True`. On a machine
 # with few cores, a parallel region in every kernel would start and
@@ -557,6 +573,20 @@ for name, (a, b) in speed.items():
     verdicts[verdict].append(name)
 for verdict, names in verdicts.items():
     print(f"{verdict} NumPy in this run: {', '.join(names) or 'none'}")
+
+fig = Figure(figsize=(7.5, 0.32 * len(speed) + 1.2), layout="constrained")
+ax = fig.add_subplot()
+names = sorted(speed, key=lambda n: speed[n][0] / speed[n][1])
+ratios = [speed[n][0] / speed[n][1] for n in names]
+ax.barh(names, ratios, color=["tab:green" if r > 1.1 else "tab:red" if r < 1 / 1.1 else
+                              "tab:grey" for r in ratios])  # fmt: skip
+ax.axvline(1.0, color="black", linewidth=0.8)
+ax.set_xscale("log")
+ax.set_xlabel("speed-up over the NumPy twin (log scale; right of the line: faster)")
+ax.set_title(f"Each kernel alone, float32, N = {BATCH * config.max_len} rows (median of {REPEAT})")
+ax.tick_params(axis="y", labelsize=8)
+fig.savefig(OUT / "09_kernel_speedups.png", dpi=100)
+fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 
 # %% [markdown]
 # Read the verdicts, not a rule: "compiled" does not mean "faster". Two
@@ -618,14 +648,89 @@ print(f"gained more than that in isolation: {', '.join(more) or 'none'}")
 # functions with a twin; the matrix products (the same BLAS calls on both
 # backends) and the Python around them stay, so however fast the kernels
 # were, the step would gain only on the time it spends in those functions
-# (Amdahl's law). And a call repeated in a loop is not a call inside a step:
-# in a step its inputs are rarely still in the CPU's caches, and the large
-# temporaries of every step are, with glibc's default settings, handed back
-# to the operating system and page-faulted in anew the next step
-# (`minisynth.fast.allocator` keeps them for reuse instead). A benchmark
-# measures its whole environment, other programs on the machine included.
-# `minisynth train` adds the batch split over threads and that allocator
-# setting to the kernels; the harness that measures all of it lives in
+# (Amdahl's law).
+#
+# ### A call in a step is not a call in a loop
+#
+# The profile of section 1 gave GELU far more time per step than GELU's forward
+# and backward take when timed alone on arrays of the same shape. Two candidate
+# causes: the profiler's own overhead, and memory. We can measure both. We time
+# the NumPy GELU (forward + backward) three ways: alone in a loop on the same
+# arrays; inside real training steps without the profiler (the model calls
+# `model.ops.gelu_forward`, so we hand it a copy of `layers` whose two GELU
+# functions time themselves); and we count the **minor page faults** of each
+# (`resource.getrusage`): every first touch of a page the process got from the
+# operating system costs one, a few microseconds each.
+
+# %%
+spent = {"s": 0.0, "faults": 0, "calls": 0}
+
+
+def timed(fn):
+    """``fn`` that adds its wall time and the page faults during it to ``spent``."""
+
+    def call(*args):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        out = fn(*args)
+        spent["s"] += time.perf_counter() - start
+        spent["faults"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        spent["calls"] += 1
+        return out
+
+    return call
+
+
+timed_ops = types.SimpleNamespace(**vars(layers))  # the reference, with a timed GELU
+timed_ops.gelu_forward, timed_ops.gelu_backward = (
+    timed(layers.gelu_forward), timed(layers.gelu_backward))  # fmt: skip
+in_step = SynthesizerLM(config, seed=0)
+in_step.ops = timed_ops
+in_step.loss_and_grads(x, y)  # warm-up
+spent.update(s=0.0, faults=0, calls=0)
+for _ in range(REPEAT):
+    in_step.loss_and_grads(x, y)
+step_gelu_ms = 1e3 * spent["s"] / REPEAT  # per step: every layer's forward and backward
+step_faults = spent["faults"] / REPEAT
+
+h_shape = (BATCH, config.max_len, 4 * config.d_model)  # the MLP's hidden activations
+h = rng.standard_normal(h_shape).astype(np.float32)
+dh = rng.standard_normal(h_shape).astype(np.float32)
+
+
+def gelu_both():
+    out, cache = layers.gelu_forward(h)
+    return layers.gelu_backward(dh, cache)
+
+
+spent.update(s=0.0, faults=0, calls=0)
+alone = timed(gelu_both)
+for _ in range(REPEAT):
+    alone()
+alone_ms = config.n_layers * 1e3 * spent["s"] / REPEAT  # as many calls as one step makes
+alone_faults = config.n_layers * spent["faults"] / REPEAT
+print(f"GELU forward + backward per step, {config.n_layers} layers, hidden {h_shape}:")
+print(f"  alone in a loop:       {alone_ms:7.2f} ms, {alone_faults:7.0f} page faults")
+print(f"  inside training steps: {step_gelu_ms:7.2f} ms, {step_faults:7.0f} page faults")
+print(f"  under the profiler (section 1): {1e3 * group_s['layers.gelu'] / PROFILE_STEPS:.2f} ms")
+print(f"  a page fault here costs about "
+      f"{(step_gelu_ms - alone_ms) / max(step_faults - alone_faults, 1) * 1e3:.1f} us "
+      "if the faults explain the whole difference")  # fmt: skip
+
+# %% [markdown]
+# Read the three lines together. GELU's temporaries are a few MB per call; in a
+# loop, glibc hands the same memory back each time, and the pages are already
+# mapped: few faults. Inside a step, the many large temporaries of the other
+# layers come and go between two GELU calls, glibc returns freed memory at the top
+# of its heap to the operating system (and maps large blocks afresh), and the
+# next GELU call touches unmapped pages again: the fault count explains the
+# gap when the last line gives a plausible microsecond or so per fault. Whatever
+# the profiler adds on top is the difference with section 1's number.
+# `minisynth.fast.allocator` asks glibc to keep freed memory for reuse instead,
+# one of the reasons `minisynth train` is faster than its kernels alone would
+# make it. A benchmark measures its whole environment, other programs on the
+# machine included. `minisynth train` adds the batch split over threads and that
+# allocator setting to the kernels; the harness that measures all of it lives in
 # `benchmarks/`:
 #
 # * `python benchmarks/bench_kernels.py`: every kernel against its reference at
