@@ -412,3 +412,17 @@ path = OUT / "01_dot_product_attention.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Scale.** Drop the $1/\sqrt{hs}$ factor, draw q and k with unit variance at
+#    hs = 64, and measure the mean row entropy of P with and without it. Why does
+#    the unscaled softmax saturate, and what does that do to `dS`?
+# 2. **The Jacobian, explicitly.** For one row build the (T, T) Jacobian
+#    $J = \mathrm{diag}(p) - p p^\top$ and check that `J @ dP` equals the
+#    one-line backward `P * (dP - rowsum(dP * P))`. Which is cheaper, and by how
+#    much at T = 1024?
+# 3. **Break the mask.** Apply the causal mask *after* the softmax (zero the
+#    future, no renormalisation). Which gradient check fails, and why do the
+#    rows no longer sum to 1?

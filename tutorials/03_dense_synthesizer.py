@@ -382,3 +382,15 @@ path = OUT / "03_dense_synthesizer.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Without the ReLU.** Replace the hidden ReLU by the identity: Dense becomes
+#    a linear map of x. Show that its logits are then $x W_1 W_2$ and that the
+#    gradient check passes at the points where the ReLU version needed care.
+# 2. **Longer than max_len.** Explain in one sentence why Dense cannot run at
+#    T > L while vanilla can, then check how `attention.build("dense", ...)`
+#    reports it.
+# 3. **Dead units.** Count the hidden units that are zero for every position of a
+#    batch at initialisation and after 200 steps of the toy task of tutorial 02.

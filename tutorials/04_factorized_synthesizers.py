@@ -385,3 +385,15 @@ path = OUT / "04_params.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Rank.** Print the singular values of a trained `factorized_random` R for
+#    k = 2, 8, 32. How many are far from zero, and why can there be no more than k?
+# 2. **Choose the factors.** For L = 128 list every (a, b) with a b = L for
+#    `factorized_dense`, and plot parameters per layer against a. Which split is
+#    cheapest?
+# 3. **The tile and the repeat.** Build `full[j] = A[j mod a] * Bf[j div a]` for a
+#    small a, b by hand and show which pairs of positions are forced to share a
+#    factor.

@@ -228,3 +228,13 @@ path = OUT / "05_mixtures.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Initial weights.** Start alpha at (2, 0, 0) instead of zeros (the dense
+#    component at 0.79). Does training still find the same final weights?
+# 2. **A mixture of one.** Show that `"random"` and a one-component mixture would
+#    have identical logits, and that dalpha is then always zero.
+# 3. **Temperature.** Scale the component logits by a temperature before mixing
+#    and derive the extra term it adds to dalpha.

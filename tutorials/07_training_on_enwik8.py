@@ -376,3 +376,14 @@ path = OUT / "07_loss_curve.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Budget.** Train for 2x and 4x the steps. How far does validation BPC keep
+#    falling, and when does the gap between training and validation loss start to
+#    grow (the prefix is only 1 MB)?
+# 2. **Warmup.** Set `warmup_steps=0` and learning rate 1e-2. What happens in the
+#    first 50 steps, and does gradient clipping save the run?
+# 3. **Context.** Halve `max_len`. Which costs more BPC, half the context or half
+#    the width (`d_model`)?

@@ -664,3 +664,14 @@ path = OUT / "08_stats.png"
 fig2.savefig(path, dpi=DPI)
 print("saved", path)
 fig2  # noqa: B018  (a notebook displays a bare last expression: the figure)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Another content statistic.** Measure each head's mass on the byte that
+#    follows the previous occurrence of the current byte (an "induction" pattern).
+#    Which kind could learn it?
+# 2. **Heads are not paired.** Permute the heads of one model at random and show
+#    that the head-by-head JS changes while the head-averaged JS does not.
+# 3. **Train longer.** Double the steps for the three models and redo the space
+#    statistic: does any dense head start to follow spaces?

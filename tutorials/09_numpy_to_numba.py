@@ -738,3 +738,14 @@ print(f"  a page fault here costs about "
 # * `python benchmarks/bench_train.py`: a whole training step on the reference,
 #   on the fast path and in PyTorch; `--malloc default` shows how much of the
 #   difference is the allocator setting; results in `BENCHMARKS.md`.
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. **Fix the race.** Rewrite `column_sums_racy` with `prange` over *columns*
+#    instead of rows. Why is that correct, and why is it slow for C = 4?
+# 2. **Fuse the GELU backward** into one jitted loop (no NumPy temporaries) and
+#    compare it with `kernels.gelu_backward` inside a training step, not only in
+#    a loop: does the page-fault count change?
+# 3. **Turn on nnan.** Compile the masked softmax with `fastmath=True` (all flags)
+#    and feed it a causal mask of -inf. What comes out, and why?
