@@ -16,8 +16,9 @@
 #
 # Tutorials 01-05 built one attention layer, and 06 the whole network around it,
 # forward and backward. Here we train that decoder-only language model,
-# `minisynth.SynthesizerLM`, on bytes of English Wikipedia and measure it in **bits per character (BPC)**, the usual unit for
-# character-level language modelling. Steps:
+# `minisynth.SynthesizerLM`, on bytes of English Wikipedia and measure it in
+# **bits per character (BPC)**, the usual unit for character-level language
+# modelling. Steps:
 #
 # 1. the data: the bundled 1 MiB prefix of enwik8, read as raw bytes, split 90/5/5;
 # 2. the metric: cross-entropy in nats divided by ln 2; a uniform guess costs 8 bits;
