@@ -58,7 +58,7 @@ from reproduce_setup import (
     widened_vanilla,
 )
 
-from minisynth import attention, viz
+from minisynth import ModelConfig, attention, viz
 from minisynth.checkpoint import load_checkpoint
 from minisynth.data import load_data
 from minisynth.run_folder import RunInUse, check_not_in_use
@@ -189,6 +189,21 @@ def wide_vanilla(vanilla):
     return widened_vanilla(vanilla, reachable_params(model_config(VARIANTS["dense+vanilla"])))
 
 
+def read_result(out, name, seed):
+    """A finished run's result.json, with what runs made before issue 26 did not record
+    (their variant's name, reachable parameter count) filled in."""
+    result = json.loads((run_dir(out, name, seed) / "result.json").read_text())
+    result.setdefault("variant", name)
+    if "reachable_params" not in result:
+        result["reachable_params"] = reachable_count(json.dumps(result["model_config"]))
+    return result
+
+
+@functools.cache
+def reachable_count(config_json):
+    return reachable_params(ModelConfig(**json.loads(config_json)))
+
+
 class Study(NamedTuple):
     """What the report reads: every finished run, by its role in the study."""
 
@@ -219,8 +234,7 @@ def study_plan(out, kinds, final_seeds):
         runs.append((replace(VARIANTS["vanilla"], name=RERUN), 1))
 
     def results(variant, seeds):
-        return [json.loads((run_dir(out, variant.name, s) / "result.json").read_text())
-                for s in seeds if finished(out, variant.name, s)]  # fmt: skip
+        return [read_result(out, variant.name, s) for s in seeds if finished(out, variant.name, s)]
 
     final = {k: results(v, final_seeds) for k, v in chosen.items()}
     study = Study(

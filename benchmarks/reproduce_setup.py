@@ -227,7 +227,9 @@ PAPER_SOURCE = (
     "arXiv v1, the ICLR 2021 submission and the ICML 2021 version cut off before the "
     "tables), so the table number and version cannot be cited. A second-hand summary of "
     "the ICML 2021 version gives Dense 42.40 instead of 40.88 (agreeing on vanilla "
-    "38.21, random 40.60, random+vanilla 40.05), and the same summary has fixed random "
+    "38.21, random 40.60, random+vanilla 40.05), while another summary lists 42.40 under "
+    "Factorized Random instead: the two cannot both be right, and neither could be checked "
+    "here. The first summary has fixed random "
     "attention lowest in translation (23.89 BLEU on WMT EnDe against about 27 for the "
     "others), also unverified. Check them against the paper before quoting them."
 )
