@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import reproduce_setup as setup
-from reproduce_report import write_report
+from reproduce_report import kinds_needing_more_seeds, write_report
 from reproduce_setup import (
     BACKEND,
     FINAL_SEEDS,
@@ -227,16 +227,25 @@ def study_plan(out, kinds, final_seeds):
     chosen = {k: v for k, v in selected_variants(known).items() if k in kinds}
     if "vanilla" in chosen and "dense+vanilla" in kinds:
         chosen[WIDE_VANILLA] = wide_vanilla(chosen["vanilla"])
+
+    def results(variant, seeds):
+        return [read_result(out, variant.name, s) for s in seeds if finished(out, variant.name, s)]
+
     runs += [(v, seed) for seed in final_seeds for v in chosen.values()]
+    first = {k: results(v, final_seeds) for k, v in chosen.items()}
+    more = set()  # decided on the first seeds only, once every chosen kind has them
+    searched = all(k in chosen for k in PAPER_KINDS if k in kinds)
+    if searched and all(len(r) == len(final_seeds) for r in first.values()):
+        more = kinds_needing_more_seeds(first)
+    extra = list(range(max(final_seeds) + 1, max(final_seeds) + 1 + setup.EXTRA_SEEDS))
+    runs += [(chosen[k], seed) for seed in extra for k in chosen if k in more]
     untuned = [VARIANTS[k] for k in kinds]  # the paper kinds as first run, and the controls
     runs += [(v, seed) for seed in SEEDS for v in untuned]
     if "vanilla" in kinds:
         runs.append((replace(VARIANTS["vanilla"], name=RERUN), 1))
 
-    def results(variant, seeds):
-        return [read_result(out, variant.name, s) for s in seeds if finished(out, variant.name, s)]
-
-    final = {k: results(v, final_seeds) for k, v in chosen.items()}
+    seeds = {k: final_seeds + (extra if k in more else []) for k in chosen}
+    final = {k: results(v, seeds[k]) for k, v in chosen.items()}
     study = Study(
         selection={n: results(v, [SELECTION_SEED])[0] for n, v in search.items() if n in known},
         points={
@@ -245,7 +254,7 @@ def study_plan(out, kinds, final_seeds):
             if k in kinds
         },  # fmt: skip
         chosen=chosen,
-        final={k: r for k, r in final.items() if len(r) == len(final_seeds)},
+        final={k: r for k, r in final.items() if len(r) == len(seeds[k])},
         untuned={v.name: r for v in untuned if (r := results(v, SEEDS))},
         seeds=list(final_seeds),
     )
@@ -306,6 +315,7 @@ def main(argv=None):
         setup.LR_GRID = setup.LR_LADDER = (3e-3, 6e-3)
         setup.R_SCALE_GRID = setup.R_SCALE_LADDER = (1.0, 10.0)
         SEEDS[:] = [0, 1]
+        setup.EXTRA_SEEDS = 1
     SCHEDULE["steps"] = args.steps
     out = Path(args.out)
     command = "python benchmarks/reproduce.py" + "".join(

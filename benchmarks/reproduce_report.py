@@ -12,6 +12,7 @@ import os
 import numpy as np
 import reproduce_setup as setup
 from reproduce_setup import (
+    CLOSE_RANGE,
     COMPARE_TEXT,
     CONTROLS,
     MODEL,
@@ -96,6 +97,19 @@ def paper_pairs(final):
             first, second = (a, b) if PAPER_LM1B[a] < PAPER_LM1B[b] else (b, a)
             pairs.append((first, second, "the paper: the first is better"))
     return pairs
+
+
+def kinds_needing_more_seeds(final):
+    """The kinds of every compared pair of tuned kinds whose gap is close to what their
+    runs can detect (CLOSE_RANGE times the detectable gap at alpha 0.05)."""
+    low, high = CLOSE_RANGE
+    close = set()
+    for a, b, _ in paper_pairs(final) + TUNED_PAIRS:
+        if a in final and b in final:
+            c = compare(a, bpc(final[a], PRIMARY), b, bpc(final[b], PRIMARY), 1)
+            if low * c.detectable <= abs(c.gap) <= high * c.detectable:
+                close |= {a, b}
+    return close
 
 
 def family(study):
@@ -559,7 +573,11 @@ def protocol_lines(study):
         f"- **Selection.** One run per point on seed {SELECTION_SEED}, chosen by validation "
         "BPC. The selection runs are not reused: every comparison below uses fresh seeds "
         f"{study.seeds} at the chosen settings (where a chosen setting is the untuned one, "
-        "the earlier sweep's seeds 1 and 2 are the same runs and count).",
+        "the earlier sweep's seeds 1 and 2 are the same runs and count). **More seeds "
+        f"where they matter:** when, after those seeds, a compared pair's {PRIMARY}-BPC gap "
+        f"lies between {CLOSE_RANGE[0]:g} and {CLOSE_RANGE[1]:g} times the gap they detect "
+        f"with 80% power, both kinds get {setup.EXTRA_SEEDS} more fresh seeds (the "
+        "seeds column of the table says how many each kind has).",
         f"- **Primary metric: {PRIMARY} BPC.** Validation BPC chose the settings; it is shown "
         "as a secondary column, not tested again.",
         "- **Tests.** Each comparison: a two-sided Welch t-test over seeds with its 95% "

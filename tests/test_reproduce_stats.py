@@ -140,3 +140,21 @@ def test_the_widened_vanilla_is_the_nearest_width():
 
     assert d % setup.MODEL["n_heads"] == 0 and wide.lr == 3e-3 and wide.name == setup.WIDE_VANILLA
     assert abs(size(d) - 512_784) <= min(abs(size(d - 4) - 512_784), abs(size(d + 4) - 512_784))
+
+
+def test_more_seeds_go_to_the_pairs_whose_gap_is_near_what_the_seeds_detect():
+    import reproduce_report
+
+    spread = np.array([-0.02, -0.01, 0.0, 0.01, 0.02])  # sd 0.0158: 5 seeds detect ~0.032
+
+    def runs(mean):
+        return [{"test_bpc": mean + d, "val_bpc": mean + d} for d in spread]
+
+    detectable = reproduce_stats.detectable_gap(np.std(spread, ddof=1), 5, 5)
+    final = {
+        "vanilla": runs(2.90),
+        "dense+vanilla": runs(2.90 - detectable),  # exactly the detectable gap: close
+        "random": runs(2.90 + 10 * detectable),  # far beyond it: decided already
+        "dense": runs(2.90 + 10 * detectable + 0.1 * detectable),  # far below: hopeless
+    }
+    assert reproduce_report.kinds_needing_more_seeds(final) == {"vanilla", "dense+vanilla"}
