@@ -362,20 +362,26 @@ def test_cli_errors(runs, tmp_path, capsys, argv, message):
 
 
 def test_show_figure_displays_the_saved_file_only_in_a_notebook(tmp_path, monkeypatch, capsys):
-    from matplotlib.figure import Figure
+    import sys
+    import types
+    from pathlib import Path
 
-    pytest.importorskip("IPython")
-    import IPython
-    import IPython.display
+    from matplotlib.figure import Figure
 
     from minisynth.viz import show_figure
 
     path = tmp_path / "fig.png"
     Figure(figsize=(1, 1)).savefig(path)
-    shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj))
+    shown, kernel = [], []  # kernel: what get_ipython() returns (empty: no kernel)
+    ipython = types.ModuleType("IPython")  # a stand-in: IPython is no dependency
+    ipython.get_ipython = lambda: kernel[0] if kernel else None
+    display = types.ModuleType("IPython.display")
+    display.Image = lambda filename: Path(filename).read_bytes()
+    display.display = shown.append
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", display)
     assert show_figure(path) == path and not shown  # a script: nothing displayed or printed
     assert capsys.readouterr().out == ""
-    monkeypatch.setattr(IPython, "get_ipython", lambda: object())  # inside a kernel
+    kernel.append(object())  # inside a notebook's kernel
     show_figure(str(path))
-    assert len(shown) == 1 and shown[0].data == path.read_bytes()  # the file itself
+    assert shown == [path.read_bytes()]  # the saved file itself

@@ -33,7 +33,9 @@
 #    clock.
 #
 # Nothing here trains: it reads files, so it runs in seconds (tiny mode changes
-# nothing). Figures go to `tutorials/output/` or `$MINISYNTH_TUTORIAL_OUT`.
+# nothing). Needs SciPy for the t distribution (`pip install scipy`; the `test` and
+# `notebooks` extras have it). Figures go to `tutorials/output/` or
+# `$MINISYNTH_TUTORIAL_OUT`.
 
 # %%
 import json
