@@ -265,6 +265,9 @@ def _compile_kernels_once(model, data, log):
     _compiled_in_this_process = True
 
 
+ENGINES = ("numpy", "torch")
+
+
 def train(
     model_config,
     train_config,
@@ -276,6 +279,8 @@ def train(
     log=print,
     stop_after=None,
     backend="numba",
+    engine="numpy",
+    device="auto",
 ):
     """Train and return a summary dict (final val BPC, wall time, sample, paths).
 
@@ -286,20 +291,70 @@ def train(
     checkpoint or metrics raises :class:`RunConflict` before touching anything,
     unless ``force=True``, which deletes them. ``stop_after=n`` stops after n
     steps of this call exactly as an interruption would (checkpoint saved,
-    resumable): for time-boxed runs and for testing resumption. ``backend`` is the
-    code the model and the optimizer are built with (``"numba"``, the fast path, or
-    ``"numpy"``, the reference; see :mod:`minisynth.backend`); nothing outside them
-    changes.
+    resumable): for time-boxed runs and for testing resumption.
+
+    ``engine`` computes the steps: ``"numpy"``, minisynth's own hand-written passes,
+    with ``backend`` the code the model and the optimizer are built with (``"numba"``,
+    the fast path, or ``"numpy"``, the reference; see :mod:`minisynth.backend`); or
+    ``"torch"``, the PyTorch twin (:mod:`minisynth.torch_engine`, the ``torch`` extra)
+    on ``device`` (``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``). Everything else is
+    the same loop: data, batches, schedule, clipping, evaluation, metrics, checkpoints
+    and the run folder's rules; a run may continue on either engine.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_backend(backend)
+    make_engine = NumpyEngine if engine == "numpy" else _torch_engine_class()
+    if engine == "torch":
+        backend = "numpy"  # the run's NumPy copy only saves, evaluates at the end and samples
     run = _open_run(model_config, train_config, Path(out_dir), resume, force, log, backend)
     with run:  # the run folder's lock, until the end however it ends
-        return _train_loop(run, progress, log, stop_after)
+        return _train_loop(run, make_engine(run, device=device), progress, log, stop_after)
 
 
-def _train_loop(run, progress, log, stop_after):
+def _torch_engine_class():
+    try:
+        from .torch_engine import TorchEngine
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        raise ModuleNotFoundError(
+            'the torch engine needs PyTorch: pip install "minisynth[torch]"', name="torch"
+        ) from None
+    return TorchEngine
+
+
+class NumpyEngine:
+    """The steps of a run computed by minisynth itself: the run's model and AdamW."""
+
+    name = "numpy"
+
+    def __init__(self, run, device=None):
+        self.run = run
+
+    def prepare(self, log):
+        _compile_kernels_once(self.run.model, self.run.splits["train"], log)
+
+    def forward_backward(self, x, y):
+        """The mean loss of a batch; its gradients are kept for :meth:`update`."""
+        loss, self.grads = fast.loss_and_grads(self.run.model, x, y)
+        return loss
+
+    def update(self, lr, grad_clip):
+        if grad_clip > 0:
+            clip_grad_norm(self.grads, grad_clip)
+        self.run.optimizer.step(self.grads, lr=lr)
+
+    def evaluate(self, data):
+        return evaluate(self.run.model, data)
+
+    def sync(self):
+        """Bring the run's model and optimizer up to date before a save (nothing to do)."""
+
+
+def _train_loop(run, engine, progress, log, stop_after):
     settings, model, splits = run.settings, run.model, run.splits
-    _compile_kernels_once(model, splits["train"], log)
+    engine.prepare(log)
     t_start = time.perf_counter()
     step, val_bpc, throughput = run.start, None, _Throughput()
     last = settings.steps if stop_after is None else min(settings.steps, run.start + stop_after)
@@ -310,29 +365,31 @@ def _train_loop(run, progress, log, stop_after):
             lr = lr_schedule(step, max_lr=settings.lr, warmup_steps=settings.warmup_steps,
                              total_steps=settings.steps, min_lr=settings.min_lr)  # fmt: skip
             x, y = get_batch(splits["train"], settings.batch_size, model.config.max_len, run.rng)
-            loss, grads = fast.loss_and_grads(model, x, y)
+            loss = engine.forward_backward(x, y)
             _check_finite(loss, step, lr, run.checkpoint)
-            if settings.grad_clip > 0:
-                clip_grad_norm(grads, settings.grad_clip)
-            run.optimizer.step(grads, lr=lr)
+            engine.update(lr, settings.grad_clip)
             step += 1
             throughput.count(x.size)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             evaluated = step % settings.eval_interval == 0 or step == settings.steps
             if step % settings.log_interval == 0 or evaluated:
-                record = {"step": step, "lr": lr, "loss": loss, "tokens_per_s": throughput.rate()}
+                record = {"step": step, "lr": lr, "loss": loss, "tokens_per_s": throughput.rate(),
+                          "engine": engine.name}  # fmt: skip
                 if evaluated:
-                    val_bpc = record["val_bpc"] = evaluate(model, splits["val"])
+                    val_bpc = record["val_bpc"] = engine.evaluate(splits["val"])
                     bar.write(f"step {step}: train loss {loss:.4f}, val BPC {val_bpc:.4f}")
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 throughput.restart()  # evaluation time excluded
             if evaluated:
+                engine.sync()
                 run.save(step)
         if step < settings.steps:
+            engine.sync()
             run.save(step)
             log(f"interrupted: saved step {step} to {run.checkpoint}; continue with --resume")
+    engine.sync()
     return _summary(run, step, val_bpc, wall=time.perf_counter() - t_start)
 
 

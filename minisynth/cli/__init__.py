@@ -38,6 +38,8 @@ def cmd_train(args):
             force=args.force,
             progress=not args.quiet,
             backend=args.backend,
+            engine=args.engine,
+            device=args.device,
         )
     except RunConflict as err:
         if not err.differences:
@@ -255,6 +257,11 @@ def main(argv=None):
     try:
         return HANDLERS[args.run](args)
     except (ValueError, TypeError, OSError) as err:
+        print(f"minisynth {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:  # an optional extra that is not installed
+        if err.name != "torch":
+            raise
         print(f"minisynth {args.command}: error: {err}", file=sys.stderr)
         return 2
     except MemoryError as err:  # the checks before allocating should make this rare

@@ -141,6 +141,28 @@ BACKEND = (("--backend",), dict(
     help="the code that computes the model: numba (the fast path: Numba kernels, the batch split "
     "over the cores) or numpy (the reference, as written in minisynth.layers; slower, the same "
     "numbers to rounding) (default: %(default)s)"))  # fmt: skip
+ENGINE = [
+    (
+        ("--engine",),
+        dict(
+            choices=("numpy", "torch"),
+            default="numpy",
+            help="what computes the training steps: numpy (minisynth's own "
+            "forward and backward passes, on --backend) or torch (the PyTorch twin "
+            "and torch.optim.AdamW, on --device; needs the torch extra). The run, "
+            "its files and --resume are the same on both (default: %(default)s)",
+        ),
+    ),
+    (
+        ("--device",),
+        dict(
+            choices=("auto", "cpu", "cuda", "mps"),
+            default="auto",
+            help="with --engine torch: where the steps run; auto is CUDA, else MPS, "
+            "else the CPU (default: %(default)s)",
+        ),
+    ),
+]
 QUIET = (("--quiet",), dict(action="store_true", help="no progress bar (default: off)"))
 FORMAT = (("--format",), dict(choices=("png", "svg", "pdf"), default=None,
                               help="image format (default: png)"))  # fmt: skip
@@ -167,7 +189,8 @@ COMMANDS = {
         "train a character-level Synthesizer LM on enwik8",
         ["minisynth train --attention random --out runs/random",
          "minisynth train --out runs/random --resume --steps 3000   # continue, or extend",
-         "minisynth train --data notes.txt --max-len 64 --out runs/notes --force"],
+         "minisynth train --data notes.txt --max-len 64 --out runs/notes --force",
+         "minisynth train --engine torch --device cuda --out runs/gpu   # on PyTorch"],
         ["CONFIG",
          (("--out",), dict(default="runs/default", help="run directory: checkpoint.npz and "
                            "metrics.jsonl go here (default: %(default)s)")),
@@ -177,7 +200,7 @@ COMMANDS = {
           (("--force",), dict(action="store_true", help="start over even if --out holds a run, "
                               "deleting its checkpoint and metrics (default: off: such a run is "
                               "refused)"))],
-         QUIET, BACKEND],
+         QUIET, BACKEND, *ENGINE],
     ),
     "eval": (
         "bits per character of a checkpoint on a split",
