@@ -14,17 +14,35 @@ R learning-rate multiplier are the same (:func:`~minisynth.torch_model.adamw_lik
 The update equations are the same too, so in float64 the two engines agree to
 rounding (``tests/test_torch_engine.py``).
 
+**Several processes.** Under ``torchrun --nproc_per_node N -m minisynth train --engine
+torch ...`` (:func:`train_on_torch`), the processes form a ``torch.distributed`` group
+(gloo on the CPU, nccl on CUDA) and the model is wrapped in
+``DistributedDataParallel``. Process 0 opens the run (the folder's lock, its checks,
+``--resume``) and sends the others its state; every process draws the same global batch
+from the one seeded stream and trains on its own slice of rows, DDP averages the
+gradients, so the step is the single-process step on the whole batch. Evaluation
+windows are shared out and their sums added. Only process 0 writes metrics,
+checkpoints and samples; a stop request (Ctrl-C, SIGTERM) in any process stops all of
+them at the same step. A checkpoint holds no trace of the process count: a run resumes
+on any number of processes (the batch size must divide among them) or on one.
+
 Imported only for ``--engine torch``: ``import minisynth`` never imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from .data import iter_eval_windows
+from .data import iter_eval_windows, load_data
+from .model import ModelConfig, SynthesizerLM
+from .optim import AdamW, synthetic_logits_lr_scale
 from .torch_model import TORCH_DTYPES, SynthesizerTorch, adamw_like
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -45,17 +63,36 @@ def resolve_device(device):
 
 
 class TorchEngine:
-    """Training steps of a run (:class:`minisynth.train._Run`) in PyTorch on ``device``."""
+    """Training steps of a run (:class:`minisynth.train._Run`) in PyTorch on ``device``;
+    with ``distributed=True``, this process's share of a ``torch.distributed`` group's."""
 
     name = "torch"
 
-    def __init__(self, run, device="auto"):
+    def __init__(self, run, device="auto", distributed=False):
         self.run = run
         self.device = torch.device(resolve_device(device))
         self.net = SynthesizerTorch.from_minisynth(run.model).to(self.device)
         self.params = dict(self.net.named_parameters())  # contract name -> tensor
         self.optimizer = adamw_like(self.net, run.optimizer)
         self._load_optimizer_state(run.optimizer)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        self.primary = self.rank == 0  # the process that writes the run's files
+        self.module = DistributedDataParallel(self.net) if distributed else self.net
+
+    def agree_to_stop(self, requested):
+        """Whether any process was asked to stop: all of them stop at the same step."""
+        if self.world == 1:
+            return requested
+        flag = torch.tensor([int(requested)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _mean_over_processes(self, value):
+        if self.world == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return float(total.item()) / self.world
 
     def _load_optimizer_state(self, ours):
         """minisynth's m, v and t as torch AdamW's exp_avg, exp_avg_sq and step."""
@@ -76,11 +113,16 @@ class TorchEngine:
         return torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device)
 
     def forward_backward(self, x, y):
-        """The mean loss of a batch (B,T); its gradients stay in the parameters' ``.grad``."""
+        """The mean loss of a batch (B,T); its gradients stay in the parameters' ``.grad``.
+
+        In a group, this process takes its slice of the rows and DDP averages the
+        gradients (equal slices: the gradient of the whole batch's mean loss)."""
+        rows = x.shape[0] // self.world
+        x, y = (a[self.rank * rows : (self.rank + 1) * rows] for a in (x, y))
         self.optimizer.zero_grad(set_to_none=True)
-        _, loss = self.net(self._tensor(x), self._tensor(y))
+        _, loss = self.module(self._tensor(x), self._tensor(y))
         loss.backward()
-        return float(loss.detach())
+        return self._mean_over_processes(float(loss.detach()))
 
     def update(self, lr, grad_clip):
         for group in self.optimizer.param_groups:
@@ -93,12 +135,16 @@ class TorchEngine:
     def evaluate(self, data, batch_size=32):
         """Bits per character over ``data`` in the windows :func:`minisynth.train.evaluate`
         walks."""
-        total, count = 0.0, 0
-        for x, y in iter_eval_windows(data, self.net.config.max_len, batch_size):
-            _, loss = self.net(self._tensor(x), self._tensor(y))
-            total += float(loss) * y.size
-            count += y.size
-        return total / count / math.log(2.0)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss total, count
+        windows = iter_eval_windows(data, self.net.config.max_len, batch_size)
+        for i, (x, y) in enumerate(windows):
+            if i % self.world == self.rank:  # in a group: every world-th batch of windows
+                _, loss = self.net(self._tensor(x), self._tensor(y))
+                sums += torch.tensor([float(loss) * y.size, y.size], dtype=torch.float64,
+                                     device=self.device)  # fmt: skip
+        if self.world > 1:
+            dist.all_reduce(sums)
+        return float(sums[0] / sums[1]) / math.log(2.0)
 
     @torch.no_grad()
     def sync(self):
@@ -111,3 +157,92 @@ class TorchEngine:
                 np.copyto(ours.m[name], state["exp_avg"].cpu().numpy())
                 np.copyto(ours.v[name], state["exp_avg_sq"].cpu().numpy())
                 ours.t = int(state["step"])
+
+
+# ------------------------------------------------------------- several processes
+class _NoLock:
+    """The lock of a replica: process 0 holds the run folder's."""
+
+    def release(self):
+        pass
+
+
+def _replica_state(run):
+    """What the other processes need of process 0's open run."""
+    return {
+        "settings": dataclasses.asdict(run.settings),
+        "config": run.model.config.to_json(),
+        "dtype": str(run.model.dtype),
+        "params": run.model.params,
+        "buffers": run.model.buffers,
+        "optimizer": run.optimizer.state_dict(),
+        "rng": run.rng.bit_generator.state,
+        "start": run.start,
+        "paths": (run.out, run.checkpoint, run.metrics),
+        "fingerprint": run.fingerprint,
+    }
+
+
+def _replica_run(state, run_class, settings_class):
+    """The run as process 0 opened it, rebuilt in another process (it writes nothing)."""
+    settings = settings_class(**state["settings"])
+    model = SynthesizerLM(ModelConfig.from_json(state["config"]), dtype=np.dtype(state["dtype"]))
+    model.load_state(state["params"], state["buffers"])
+    optimizer = AdamW(model.params, lr=settings.lr, weight_decay=settings.weight_decay,
+                      lr_scale=synthetic_logits_lr_scale(settings.synthetic_lr_scale))  # fmt: skip
+    optimizer.load_state_dict(state["optimizer"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    splits, _ = load_data(settings.data)
+    return run_class(*state["paths"], settings, model, optimizer, rng, state["start"], splits,
+                     state["fingerprint"], _NoLock())  # fmt: skip
+
+
+def train_on_torch(open_run, train_loop, *, progress, log, stop_after, device):
+    """Run :func:`minisynth.train.train`'s loop on a :class:`TorchEngine`: in this process,
+    or, started by torchrun, as one process of a DistributedDataParallel group."""
+    from .train import TrainConfig, _Run, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        run = open_run(log)
+        with run:
+            return train_loop(run, TorchEngine(run, device=device), progress, log, stop_after)
+    device = resolve_device(device)
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    try:
+        if dist.get_rank() == 0:
+            return _train_first(open_run, train_loop, progress, log, stop_after, device)
+        box = [None]
+        dist.broadcast_object_list(box, src=0)  # process 0's run, or why it could not open it
+        if "error" in box[0]:
+            raise RuntimeError(f"process 0 could not open the run: {box[0]['error']}")
+        run = _replica_run(box[0], _Run, TrainConfig)
+        engine = TorchEngine(run, device=device, distributed=True)
+        return train_loop(run, engine, False, lambda *a, **k: None, stop_after)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train_first(open_run, train_loop, progress, log, stop_after, device):
+    """Process 0 of a group: open the run, share it, train and write."""
+    world = dist.get_world_size()
+    try:
+        run = open_run(log)
+    except BaseException as err:
+        dist.broadcast_object_list([{"error": f"{err}"}], src=0)
+        raise
+    with run:
+        if run.settings.batch_size % world:
+            error = ValueError(
+                f"--batch-size {run.settings.batch_size} does not divide among {world} "
+                "processes; choose a multiple of the process count"
+            )
+            dist.broadcast_object_list([{"error": f"{error}"}], src=0)
+            raise error
+        dist.broadcast_object_list([_replica_state(run)], src=0)
+        log(f"{world} processes (torch.distributed, {dist.get_backend()}), "
+            f"{run.settings.batch_size // world} rows of each batch per process")  # fmt: skip
+        engine = TorchEngine(run, device=device, distributed=True)
+        return train_loop(run, engine, progress, log, stop_after)

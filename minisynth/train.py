@@ -22,6 +22,7 @@ import dataclasses
 import errno
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -304,33 +305,49 @@ def train(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_backend(backend)
-    make_engine = NumpyEngine if engine == "numpy" else _torch_engine_class()
-    if engine == "torch":
-        backend = "numpy"  # the run's NumPy copy only saves, evaluates at the end and samples
-    run = _open_run(model_config, train_config, Path(out_dir), resume, force, log, backend)
-    with run:  # the run folder's lock, until the end however it ends
-        return _train_loop(run, make_engine(run, device=device), progress, log, stop_after)
+    if engine == "numpy":
+        if launched_by_torchrun():
+            raise ValueError("several processes (torchrun) train with --engine torch only")
+        run = _open_run(model_config, train_config, Path(out_dir), resume, force, log, backend)
+        with run:  # the run folder's lock, until the end however it ends
+            return _train_loop(run, NumpyEngine(run), progress, log, stop_after)
+    torch_engine = _torch_engine_module()
+    # the run's NumPy copy only saves, evaluates what the loop did not, and samples
+    return torch_engine.train_on_torch(
+        lambda quiet_log: _open_run(model_config, train_config, Path(out_dir), resume, force,
+                                    quiet_log, "numpy"),
+        _train_loop, progress=progress, log=log, stop_after=stop_after, device=device,
+    )  # fmt: skip
 
 
-def _torch_engine_class():
+def launched_by_torchrun():
+    """True in a process that torchrun started as one of several (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _torch_engine_module():
     try:
-        from .torch_engine import TorchEngine
+        from . import torch_engine
     except ModuleNotFoundError as err:
         if err.name != "torch":
             raise
         raise ModuleNotFoundError(
             'the torch engine needs PyTorch: pip install "minisynth[torch]"', name="torch"
         ) from None
-    return TorchEngine
+    return torch_engine
 
 
 class NumpyEngine:
     """The steps of a run computed by minisynth itself: the run's model and AdamW."""
 
     name = "numpy"
+    primary = True  # the one process: it writes the run's files
 
-    def __init__(self, run, device=None):
+    def __init__(self, run):
         self.run = run
+
+    def agree_to_stop(self, requested):
+        return requested
 
     def prepare(self, log):
         _compile_kernels_once(self.run.model, self.run.splits["train"], log)
@@ -358,10 +375,12 @@ def _train_loop(run, engine, progress, log, stop_after):
     t_start = time.perf_counter()
     step, val_bpc, throughput = run.start, None, _Throughput()
     last = settings.steps if stop_after is None else min(settings.steps, run.start + stop_after)
-    bar = tqdm(total=settings.steps, initial=step, disable=not progress, unit="step",
-               dynamic_ncols=True)  # fmt: skip
-    with _StopRequested() as stop, run.metrics.open("a") as metrics, bar:
-        while step < last and not stop.requested:
+    bar = tqdm(total=settings.steps, initial=step, disable=not progress or not engine.primary,
+               unit="step", dynamic_ncols=True)  # fmt: skip
+    # one process writes the run's files; the others of a distributed run compute alike
+    metrics_file = run.metrics.open("a") if engine.primary else open(os.devnull, "w")  # noqa: SIM115
+    with _StopRequested() as stop, metrics_file as metrics, bar:
+        while step < last and not engine.agree_to_stop(stop.requested):
             lr = lr_schedule(step, max_lr=settings.lr, warmup_steps=settings.warmup_steps,
                              total_steps=settings.steps, min_lr=settings.min_lr)  # fmt: skip
             x, y = get_batch(splits["train"], settings.batch_size, model.config.max_len, run.rng)
@@ -382,15 +401,18 @@ def _train_loop(run, engine, progress, log, stop_after):
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 throughput.restart()  # evaluation time excluded
-            if evaluated:
+            if evaluated and engine.primary:
                 engine.sync()
                 run.save(step)
-        if step < settings.steps:
+        if step < settings.steps and engine.primary:
             engine.sync()
             run.save(step)
             log(f"interrupted: saved step {step} to {run.checkpoint}; continue with --resume")
     engine.sync()
-    return _summary(run, step, val_bpc, wall=time.perf_counter() - t_start)
+    result = _summary(run, step, val_bpc, wall=time.perf_counter() - t_start,
+                      sample=engine.primary)  # fmt: skip
+    result["primary"] = engine.primary  # False in the other processes of a torchrun group
+    return result
 
 
 # --------------------------------------------------------------- the run's bookkeeping
@@ -623,7 +645,7 @@ def _check_finite(loss, step, lr, checkpoint):
         )
 
 
-def _summary(run, step, val_bpc, wall):
+def _summary(run, step, val_bpc, wall, sample=True):
     """The result of :func:`train`: the final validation BPC and what puts it in context."""
     settings, splits = run.settings, run.splits
     if val_bpc is None:
@@ -640,7 +662,7 @@ def _summary(run, step, val_bpc, wall):
         "uniform_bpc": math.log2(256),
         "unigram_bpc": unigram_bpc(splits["train"], splits["val"]),
     }
-    if step == settings.steps and settings.sample_length:
+    if sample and step == settings.steps and settings.sample_length:
         prompt = splits["val"][:64]
         result["sample_prompt"] = decode(prompt)
         result["sample"] = decode(

@@ -6,8 +6,11 @@ rounding; a checkpoint of either engine loads and resumes in the other.
 """
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -172,3 +175,84 @@ def test_without_torch_the_torch_engine_says_how_to_install_it(tmp_path):
         'minisynth train: error: the torch engine needs PyTorch: pip install "minisynth[torch]"'
     ]
     assert not (tmp_path / "run").exists()  # refused before the run folder was touched
+
+
+# ------------------------------------------------------------- several processes
+TINY_FLAGS = ["--engine", "torch", "--device", "cpu", "--d-model", "16", "--n-heads", "2",
+              "--n-layers", "1", "--max-len", "16", "--batch-size", "4", "--warmup-steps", "4",
+              "--eval-interval", "10", "--log-interval", "5", "--sample-length", "8",
+              "--attention", "dense+vanilla", "--quiet"]  # fmt: skip
+
+
+def torchrun(n, *args, timeout=180):
+    """``torchrun --nproc_per_node n -m minisynth train ...`` with this Python."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+           "--standalone", "-m", "minisynth", "train", *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def weights(run_dir):
+    model, _ = load_checkpoint(run_dir)
+    return {n: p for n, p in model.params.items() if not noise_driven(n)}
+
+
+def test_two_gloo_processes_train_as_one_with_the_whole_batch(tmp_path):
+    proc = torchrun(2, *TINY_FLAGS, "--steps", "20", "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes (torch.distributed, gloo), 2 rows of each batch" in proc.stdout
+    assert proc.stdout.count("final validation BPC") == 1  # process 0 alone reports
+    from minisynth.cli import main
+
+    assert main(["train", *TINY_FLAGS, "--steps", "20", "--out", str(tmp_path / "one")]) == 0
+    np.testing.assert_allclose(losses_of(tmp_path / "two"), losses_of(tmp_path / "one"),
+                               rtol=1e-5)  # fmt: skip
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for name, p in one.items():
+        np.testing.assert_allclose(two[name], p, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_a_run_resumes_on_another_number_of_processes(tmp_path):
+    from minisynth.cli import main
+
+    resume = ["--resume", "--steps", "20", "--engine", "torch", "--device", "cpu", "--quiet"]
+    # the same protocol twice (10 steps, then resumed to 20): on 1 + 1 and on 2 + 1 processes
+    assert main(["train", *TINY_FLAGS, "--steps", "10", "--out", str(tmp_path / "one")]) == 0
+    assert main(["train", "--out", str(tmp_path / "one"), *resume]) == 0
+    proc = torchrun(2, *TINY_FLAGS, "--steps", "10", "--out", str(tmp_path / "two"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["train", "--out", str(tmp_path / "two"), *resume]) == 0
+    np.testing.assert_allclose(losses_of(tmp_path / "two"), losses_of(tmp_path / "one"),
+                               rtol=1e-5)  # fmt: skip
+    assert len(losses_of(tmp_path / "two")) == 4
+
+
+def test_a_batch_that_does_not_divide_is_refused_by_every_process(tmp_path):
+    flags = [f if f != "4" or i != TINY_FLAGS.index("--batch-size") + 1 else "3"
+             for i, f in enumerate(TINY_FLAGS)]  # fmt: skip
+    proc = torchrun(2, *flags, "--steps", "4", "--out", str(tmp_path / "run"), timeout=120)
+    assert proc.returncode != 0
+    assert "--batch-size 3 does not divide among 2 processes" in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_ctrl_c_stops_every_process_at_one_step_and_saves(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--standalone", "-m", "minisynth", "train", *TINY_FLAGS,
+           "--steps", "100000", "--eval-interval", "50000", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() or len(losses_of(run)) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "no progress"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C in the terminal
+        out, err = proc.communicate(timeout=90)  # no process left hanging
+    finally:
+        proc.kill()
+    assert "interrupted: saved step" in out, err[-3000:]
+    saved = int(np.load(run / "checkpoint.npz")["step"])
+    assert 0 < saved < 100000
+    assert f"saved step {saved} " in out

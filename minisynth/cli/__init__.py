@@ -52,6 +52,8 @@ def cmd_train(args):
             )
             + " (leave those flags out to continue it, or start a new run with another --out)"
         ) from None
+    if not result["primary"]:  # another process of a torchrun group: process 0 reports
+        return 130 if result["interrupted"] else 0
     print(
         f"final validation BPC: {result['val_bpc']:.4f} after {result['steps']} steps "
         f"({result['wall_time_s']:.1f} s); for scale, on the same split a uniform guess scores "
