@@ -68,7 +68,7 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, run, device="auto", distributed=False):
+    def __init__(self, run, device="auto", distributed=False, bf16=False, compile=False):
         self.run = run
         self.device = torch.device(resolve_device(device))
         self.net = SynthesizerTorch.from_minisynth(run.model).to(self.device)
@@ -78,6 +78,11 @@ class TorchEngine:
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         self.primary = self.rank == 0  # the process that writes the run's files
         self.module = DistributedDataParallel(self.net) if distributed else self.net
+        if compile:  # the training forward only; evaluation runs the plain module
+            self.module = torch.compile(self.module)
+        # bf16 autocast: matrix products in bfloat16, weights and AdamW in float32
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.bf16, self.compiled = bf16, compile
 
     def agree_to_stop(self, requested):
         """Whether any process was asked to stop: all of them stop at the same step."""
@@ -106,8 +111,10 @@ class TorchEngine:
             }
 
     def prepare(self, log):
-        log(f"engine torch {torch.__version__} on {self.device}, "
-            f"{str(TORCH_DTYPES[self.run.model.dtype]).removeprefix('torch.')}")  # fmt: skip
+        dtype = str(TORCH_DTYPES[self.run.model.dtype]).removeprefix("torch.")
+        log(f"engine torch {torch.__version__} on {self.device}, {dtype} weights"
+            + (", bf16 autocast" if self.bf16 else "") + (", torch.compile" if self.compiled
+                                                           else ""))  # fmt: skip
 
     def _tensor(self, idx):
         return torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64)).to(self.device)
@@ -120,7 +127,8 @@ class TorchEngine:
         rows = x.shape[0] // self.world
         x, y = (a[self.rank * rows : (self.rank + 1) * rows] for a in (x, y))
         self.optimizer.zero_grad(set_to_none=True)
-        _, loss = self.module(self._tensor(x), self._tensor(y))
+        with self.autocast:
+            _, loss = self.module(self._tensor(x), self._tensor(y))
         loss.backward()
         return self._mean_over_processes(float(loss.detach()))
 
@@ -139,7 +147,8 @@ class TorchEngine:
         windows = iter_eval_windows(data, self.net.config.max_len, batch_size)
         for i, (x, y) in enumerate(windows):
             if i % self.world == self.rank:  # in a group: every world-th batch of windows
-                _, loss = self.net(self._tensor(x), self._tensor(y))
+                with self.autocast:
+                    _, loss = self.net(self._tensor(x), self._tensor(y))
                 sums += torch.tensor([float(loss) * y.size, y.size], dtype=torch.float64,
                                      device=self.device)  # fmt: skip
         if self.world > 1:
@@ -198,7 +207,8 @@ def _replica_run(state, run_class, settings_class):
                      state["fingerprint"], _NoLock())  # fmt: skip
 
 
-def train_on_torch(open_run, train_loop, *, progress, log, stop_after, device):
+def train_on_torch(open_run, train_loop, *, progress, log, stop_after, device, bf16=False,
+                   compile=False):  # fmt: skip
     """Run :func:`minisynth.train.train`'s loop on a :class:`TorchEngine`: in this process,
     or, started by torchrun, as one process of a DistributedDataParallel group."""
     from .train import TrainConfig, _Run, launched_by_torchrun
@@ -206,26 +216,28 @@ def train_on_torch(open_run, train_loop, *, progress, log, stop_after, device):
     if not launched_by_torchrun():
         run = open_run(log)
         with run:
-            return train_loop(run, TorchEngine(run, device=device), progress, log, stop_after)
+            engine = TorchEngine(run, device=device, bf16=bf16, compile=compile)
+            return train_loop(run, engine, progress, log, stop_after)
     device = resolve_device(device)
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     try:
         if dist.get_rank() == 0:
-            return _train_first(open_run, train_loop, progress, log, stop_after, device)
+            options = dict(device=device, distributed=True, bf16=bf16, compile=compile)
+            return _train_first(open_run, train_loop, progress, log, stop_after, options)
         box = [None]
         dist.broadcast_object_list(box, src=0)  # process 0's run, or why it could not open it
         if "error" in box[0]:
             raise RuntimeError(f"process 0 could not open the run: {box[0]['error']}")
         run = _replica_run(box[0], _Run, TrainConfig)
-        engine = TorchEngine(run, device=device, distributed=True)
+        engine = TorchEngine(run, device=device, distributed=True, bf16=bf16, compile=compile)
         return train_loop(run, engine, False, lambda *a, **k: None, stop_after)
     finally:
         dist.destroy_process_group()
 
 
-def _train_first(open_run, train_loop, progress, log, stop_after, device):
+def _train_first(open_run, train_loop, progress, log, stop_after, options):
     """Process 0 of a group: open the run, share it, train and write."""
     world = dist.get_world_size()
     try:
@@ -244,5 +256,4 @@ def _train_first(open_run, train_loop, progress, log, stop_after, device):
         dist.broadcast_object_list([_replica_state(run)], src=0)
         log(f"{world} processes (torch.distributed, {dist.get_backend()}), "
             f"{run.settings.batch_size // world} rows of each batch per process")  # fmt: skip
-        engine = TorchEngine(run, device=device, distributed=True)
-        return train_loop(run, engine, progress, log, stop_after)
+        return train_loop(run, TorchEngine(run, **options), progress, log, stop_after)

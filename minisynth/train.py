@@ -282,6 +282,8 @@ def train(
     backend="numba",
     engine="numpy",
     device="auto",
+    bf16=False,
+    compile=False,
 ):
     """Train and return a summary dict (final val BPC, wall time, sample, paths).
 
@@ -298,13 +300,16 @@ def train(
     with ``backend`` the code the model and the optimizer are built with (``"numba"``,
     the fast path, or ``"numpy"``, the reference; see :mod:`minisynth.backend`); or
     ``"torch"``, the PyTorch twin (:mod:`minisynth.torch_engine`, the ``torch`` extra)
-    on ``device`` (``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``). Everything else is
+    on ``device`` (``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``), optionally with bfloat16
+    autocast (``bf16``) and ``torch.compile`` (``compile``). Everything else is
     the same loop: data, batches, schedule, clipping, evaluation, metrics, checkpoints
     and the run folder's rules; a run may continue on either engine.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_backend(backend)
+    if engine == "numpy" and (bf16 or compile):
+        raise ValueError("--bf16 and --compile are options of --engine torch")
     if engine == "numpy":
         if launched_by_torchrun():
             raise ValueError("several processes (torchrun) train with --engine torch only")
@@ -317,6 +322,7 @@ def train(
         lambda quiet_log: _open_run(model_config, train_config, Path(out_dir), resume, force,
                                     quiet_log, "numpy"),
         _train_loop, progress=progress, log=log, stop_after=stop_after, device=device,
+        bf16=bf16, compile=compile,
     )  # fmt: skip
 
 

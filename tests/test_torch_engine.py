@@ -256,3 +256,25 @@ def test_ctrl_c_stops_every_process_at_one_step_and_saves(tmp_path):
     saved = int(np.load(run / "checkpoint.npz")["step"])
     assert 0 < saved < 100000
     assert f"saved step {saved} " in out
+
+
+def test_bf16_autocast_and_torch_compile_train_the_same_run(tmp_path):
+    from minisynth.cli import main
+
+    base = ["train", *TINY_FLAGS, "--steps", "20", "--sample-length", "0"]
+    assert main([*base, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*base, "--out", str(tmp_path / "bf16"), "--bf16"]) == 0
+    assert main([*base, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    eager = losses_of(tmp_path / "eager")
+    np.testing.assert_allclose(losses_of(tmp_path / "compiled"), eager, rtol=1e-4)
+    np.testing.assert_allclose(losses_of(tmp_path / "bf16"), eager, rtol=2e-2)  # 8-bit mantissa
+    assert not np.allclose(losses_of(tmp_path / "bf16"), eager, rtol=1e-6)  # it did change
+    model, _ = load_checkpoint(tmp_path / "bf16")
+    assert model.params["wte"].dtype == np.float32  # the weights stay float32
+
+
+def test_torch_options_are_refused_on_the_numpy_engine(tmp_path, capsys):
+    from minisynth.cli import main
+
+    assert main(["train", "--bf16", "--out", str(tmp_path / "run")]) == 2
+    assert "--bf16 and --compile are options of --engine torch" in capsys.readouterr().err

@@ -40,6 +40,8 @@ def cmd_train(args):
             backend=args.backend,
             engine=args.engine,
             device=args.device,
+            bf16=args.bf16,
+            compile=args.compile,
         )
     except RunConflict as err:
         if not err.differences:

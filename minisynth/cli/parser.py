@@ -162,7 +162,13 @@ ENGINE = [
             "else the CPU (default: %(default)s)",
         ),
     ),
-]
+    (("--bf16",), dict(action="store_true", help="with --engine torch: bfloat16 autocast for "
+                       "the forward and backward passes (weights and AdamW stay float32) "
+                       "(default: off)")),
+    (("--compile",), dict(action="store_true", help="with --engine torch: torch.compile the "
+                          "training forward (a slow first step; needs a C++ compiler on the CPU) "
+                          "(default: off)")),
+]  # fmt: skip
 QUIET = (("--quiet",), dict(action="store_true", help="no progress bar (default: off)"))
 FORMAT = (("--format",), dict(choices=("png", "svg", "pdf"), default=None,
                               help="image format (default: png)"))  # fmt: skip
