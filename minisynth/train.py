@@ -320,7 +320,7 @@ def train(
     # the run's NumPy copy only saves, evaluates what the loop did not, and samples
     return torch_engine.train_on_torch(
         lambda quiet_log: _open_run(model_config, train_config, Path(out_dir), resume, force,
-                                    quiet_log, "numpy"),
+                                    quiet_log, "numpy", step_memory=False),
         _train_loop, progress=progress, log=log, stop_after=stop_after, device=device,
         bf16=bf16, compile=compile,
     )  # fmt: skip
@@ -472,7 +472,7 @@ class _Run:
         self.lock.release()
 
 
-def _open_run(model_config, train_config, out, resume, force, log, backend):
+def _open_run(model_config, train_config, out, resume, force, log, backend, step_memory=True):
     """Lock the run folder, check the request, load the data and the model (fresh or
     resumed): a :class:`_Run`. A refusal unlocks and changes nothing."""
     if out.exists() and not out.is_dir():
@@ -482,7 +482,7 @@ def _open_run(model_config, train_config, out, resume, force, log, backend):
     lock = RunLock(out).acquire()
     try:
         return _open_locked_run(model_config, train_config, out, resume, force, log, backend,
-                                lock)  # fmt: skip
+                                lock, step_memory)  # fmt: skip
     except BaseException:
         lock.release()
         if created:  # leave no trace of a refused run: the folder held nothing before
@@ -501,7 +501,8 @@ def _holds_run(checkpoint, metrics):
     return [p.name for p in held]
 
 
-def _open_locked_run(model_config, train_config, out, resume, force, log, backend, lock):
+def _open_locked_run(model_config, train_config, out, resume, force, log, backend, lock,
+                     step_memory):  # fmt: skip
     checkpoint, metrics = out / CHECKPOINT_NAME, out / METRICS_NAME
     if not resume and not force:
         held = _holds_run(checkpoint, metrics)
@@ -512,7 +513,10 @@ def _open_locked_run(model_config, train_config, out, resume, force, log, backen
             )
     # a file path is saved absolute, so that a run resumes from any working directory
     settings = dataclasses.replace(train_config, data=canonical_data_spec(train_config.data))
-    check_step_memory(model_config, settings)  # before any array is allocated
+    if step_memory:  # before any array is allocated
+        check_step_memory(model_config, settings)
+    else:  # the torch engine: its steps' memory is PyTorch's, on its device
+        check_model_size(model_config)
     saved = _resumed_checkpoint(checkpoint, model_config, settings, backend) if resume else None
     splits, description, fingerprint = _checked_data(settings, model_config, saved)
     sweep_temporaries(out)  # left by a run killed mid-write; never read
