@@ -27,9 +27,10 @@
 # `minisynth export` writes such a directory from a run and
 # `SynthesizerTorch.from_pretrained` loads it; `save_pretrained` writes one from
 # PyTorch and `minisynth import` turns it into a run that `eval`, `sample`,
-# `plot` and `compare` accept. Here we go around that circle once: train in
-# PyTorch (on a GPU if there is one), come back, and read the attention maps
-# with minisynth.
+# `plot` and `compare` accept. And `minisynth train --engine torch` trains the
+# twin inside a minisynth run. Here we check the twin against minisynth, train it
+# on PyTorch (on a GPU if there is one) as a minisynth run, go out through the
+# files and back, and read the attention maps with minisynth.
 #
 # Needs PyTorch: `pip install "minisynth[torch]"`. Run as a script or as a
 # notebook (jupytext); `MINISYNTH_TUTORIAL_TINY=1` for a quick run; files go to
@@ -47,15 +48,16 @@ import torch
 from minisynth import ModelConfig, SynthesizerLM
 from minisynth.checkpoint import save_checkpoint
 from minisynth.cli import main as minisynth_cli
-from minisynth.data import get_batch, iter_eval_windows, load_data
-from minisynth.torch_model import SynthesizerTorch, make_adamw
+from minisynth.torch_model import SynthesizerTorch
 from minisynth.viz import (
     attention_maps,
+    curves_for_runs,
     encode_text,
     load_model,
     mixture_weights,
     plot_alpha,
     plot_attention_grid,
+    read_metrics,
     show_figure,
 )
 
@@ -105,69 +107,67 @@ diff = np.abs(torch_logits - model.forward(idx)).max() / np.abs(torch_logits).ma
 print(f"max |PyTorch - minisynth| / max |logit| = {diff:.1e}")
 
 # %% [markdown]
-# ## 2. Training in PyTorch
+# ## 2. Training on PyTorch: the same run, another engine
 #
-# A fresh `SynthesizerTorch` starts from minisynth's initialisation rules
-# (seeded by `torch.manual_seed`). We train it the PyTorch way: batches as
-# tensors on the device, `loss.backward()`, `torch.optim.AdamW` with
-# minisynth's weight-decay groups (`make_adamw`), gradient clipping at 1. The
-# batches come from the bundled enwik8 prefix, as in `minisynth train`.
+# `minisynth train --engine torch` trains the PyTorch twin (autograd,
+# `torch.optim.AdamW` with minisynth's weight-decay groups) on `--device` (a GPU
+# when there is one), and everything around the steps stays minisynth's: the
+# batches from the bundled enwik8 prefix (the same seeded stream), the warmup +
+# cosine schedule, clipping, validation BPC, `metrics.jsonl` and the checkpoint.
+# So the run keeps its curve and its step count, and every minisynth tool reads it.
+# (`torchrun --nproc_per_node N -m minisynth train --engine torch ...` spreads the
+# same run over N processes; the README's "When two cores are not enough" has the
+# commands.)
 
 # %%
-splits, description = load_data("bundled")
-print(description)
-torch.manual_seed(0)
-net = SynthesizerTorch(config).to(DEVICE)
-optimizer = make_adamw(net, lr=3e-3)
-rng = np.random.default_rng(0)
+RUN = WORK / "trained_on_torch"
+flags = ["--attention", config.attention, "--d-model", str(config.d_model),
+         "--n-layers", str(config.n_layers), "--max-len", str(config.max_len),
+         "--batch-size", str(BATCH), "--steps", str(STEPS), "--warmup-steps", str(STEPS // 10),
+         "--eval-interval", str(STEPS // 4), "--log-interval", str(max(1, STEPS // 40)),
+         "--sample-length", "0", "--quiet"]  # fmt: skip
 start = time.perf_counter()
-for step in range(1, STEPS + 1):
-    x, y = get_batch(splits["train"], BATCH, config.max_len, rng)  # (B,T) int64 each
-    _, loss = net(torch.from_numpy(x).to(DEVICE), torch.from_numpy(y).to(DEVICE))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-    optimizer.step()
-    if step % max(1, STEPS // 8) == 0 or step == STEPS:
-        print(f"step {step:4d}  train BPC {loss.item() / np.log(2):.3f}")
+minisynth_cli(["train", "--engine", "torch", "--device", DEVICE, *flags, "--out", str(RUN)])
 print(f"{STEPS} steps in {time.perf_counter() - start:.1f} s on {DEVICE}")
+curve = read_metrics(RUN / "metrics.jsonl")  # one record per logged step
+print(
+    f"{len(curve)} metrics records, engine {curve[-1]['engine']!r}, last step {curve[-1]['step']}"
+)
+path = curves_for_runs([str(RUN)], str(OUT / "11_curve.png"), log=lambda *a: None)
+show_figure(path)
 
 # %% [markdown]
-# ## 3. ... and back to minisynth
+# ## 3. ... and back to minisynth, and out again
 #
-# `save_pretrained` writes the two files (float32, whatever the device);
-# `minisynth import` checks every tensor against `config.json` and writes a
-# run folder. From there minisynth's tools take over: the validation BPC
-# computed by minisynth (`minisynth eval`) matches PyTorch's on the same
-# windows, and `minisynth plot` draws every layer and head.
+# The checkpoint is minisynth's own: `minisynth eval` reads it directly, and its
+# validation BPC is the one the run logged at its last step (computed there by
+# PyTorch on the same windows). To hand the weights to other PyTorch code,
+# `minisynth export` writes `model.safetensors` + `config.json`; `from_pretrained`
+# loads them, `save_pretrained` writes them back, and `minisynth import` turns such
+# a directory into a run folder again: the same weights, bit for bit.
 
 # %%
-net.save_pretrained(WORK / "trained_in_pytorch")
-minisynth_cli(["import", str(WORK / "trained_in_pytorch"), "--out", str(WORK / "imported")])
-minisynth_cli(["eval", "--checkpoint", str(WORK / "imported"), "--split", "val"])
-
-total, count = 0.0, 0
-with torch.no_grad():  # the same walk as minisynth.train.evaluate: every window of the split
-    for xb, yb in iter_eval_windows(splits["val"], config.max_len, 32):  # (B',T) each
-        _, loss = net(torch.from_numpy(xb).to(DEVICE), torch.from_numpy(yb).to(DEVICE))
-        total += loss.item() * yb.size
-        count += yb.size
-print(f"val BPC computed by PyTorch: {total / count / np.log(2):.4f}")
+minisynth_cli(["eval", "--checkpoint", str(RUN), "--split", "val"])
+print(f"val BPC logged by the run at step {curve[-1]['step']}: {curve[-1]['val_bpc']:.4f}")
+minisynth_cli(["export", "--checkpoint", str(RUN), "--out", str(WORK / "exported_run")])
+net = SynthesizerTorch.from_pretrained(WORK / "exported_run", device=DEVICE)
+net.save_pretrained(WORK / "round_trip")
+minisynth_cli(["import", str(WORK / "round_trip"), "--out", str(WORK / "imported")])
+trained, _ = load_model(RUN / "checkpoint.npz")
+imported, _ = load_model(WORK / "imported" / "checkpoint.npz")
+same = all(np.array_equal(trained.params[n], imported.params[n]) for n in trained.params)
+print(f"every weight bit-identical after export, PyTorch and import: {same}")
 
 # %% [markdown]
-# The two numbers agree to the printed digits (float32 sums in a different
-# order differ further down). Now the maps, read by minisynth from the imported
-# run: `load_model` gives a `SynthesizerLM`, `attention_maps` its maps on a text,
-# and `plot_attention_grid` draws every layer (rows) and head (columns). The
-# imported run's own step counter starts at 0 (a `model.safetensors` carries
-# weights, not a training history), so the title says how the weights were made.
+# Now the maps, read by minisynth from the run: `load_model` gives a
+# `SynthesizerLM`, `attention_maps` its maps on a text, and `plot_attention_grid`
+# draws every layer (rows) and head (columns).
 
 # %%
-imported, _ = load_model(WORK / "imported" / "checkpoint.npz")
 text = "<title>Anarchism</title> is a political philosophy"
 tokens = encode_text(text)[: config.max_len]
-maps = attention_maps(imported, tokens)  # per layer (H, T, T)
-weights = mixture_weights(imported)  # (n_layers, H, 2): softmax(alpha), dense then vanilla
+maps = attention_maps(trained, tokens)  # per layer (H, T, T)
+weights = mixture_weights(trained)  # (n_layers, H, 2): softmax(alpha), dense then vanilla
 path = plot_attention_grid(
     maps,
     OUT / "11_pytorch_and_back.png",
@@ -175,7 +175,7 @@ path = plot_attention_grid(
     kind=config.attention,
     mix_weights=weights,
     components=config.attention.split("+"),
-    title=f"{config.attention}: {STEPS} steps in PyTorch on {DEVICE}, imported into minisynth",
+    title=f"{config.attention} after {curve[-1]['step']} steps, trained on PyTorch ({DEVICE})",
 )
 print("saved", path)
 show_figure(path)
@@ -196,7 +196,7 @@ path = plot_alpha(
     weights,
     OUT / "11_mixture_weights.png",
     components=config.attention.split("+"),
-    title=f"softmax(alpha) after {STEPS} steps in PyTorch",
+    title=f"softmax(alpha) after {curve[-1]['step']} steps on PyTorch",
 )
 print("saved", path)
 show_figure(path)
@@ -206,9 +206,8 @@ show_figure(path)
 #
 # 1. Train the PyTorch model twice as long and import it again: which heads'
 #    mixture weights moved further from 0.5, and do their maps change with them?
-# 2. Export a model trained by `minisynth train` and continue training it in
-#    PyTorch for 100 steps. Is its validation BPC after the round trip better than
-#    100 more steps in minisynth would give? (Keep the learning rate schedule in
-#    mind: the PyTorch loop above has none.)
+# 2. Continue the run for 100 more steps twice, from copies of its folder:
+#    `--resume --steps ... --engine numpy` on one, `--engine torch` on the other.
+#    How far apart are their losses after 100 steps, and why that far?
 # 3. `minisynth compare` draws several runs' maps side by side: compare the
 #    imported model with a `minisynth train` run of the same config and steps.
