@@ -204,10 +204,10 @@ show_figure(path)
 # %% [markdown]
 # ## Exercises
 #
-# 1. Train the PyTorch model twice as long and import it again: which heads'
+# 1. Continue the run to twice as many steps (`--resume --steps`): which heads'
 #    mixture weights moved further from 0.5, and do their maps change with them?
 # 2. Continue the run for 100 more steps twice, from copies of its folder:
 #    `--resume --steps ... --engine numpy` on one, `--engine torch` on the other.
 #    How far apart are their losses after 100 steps, and why that far?
-# 3. `minisynth compare` draws several runs' maps side by side: compare the
-#    imported model with a `minisynth train` run of the same config and steps.
+# 3. `minisynth compare` draws several runs' maps side by side: compare this run
+#    with a `minisynth train --engine numpy` run of the same config and steps.
