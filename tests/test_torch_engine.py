@@ -278,3 +278,31 @@ def test_torch_options_are_refused_on_the_numpy_engine(tmp_path, capsys):
 
     assert main(["train", "--bf16", "--out", str(tmp_path / "run")]) == 2
     assert "--bf16 and --compile are options of --engine torch" in capsys.readouterr().err
+
+
+def test_an_error_in_one_process_ends_every_process(tmp_path):
+    """Process 1 fails at its 8th step: nothing hangs, the run's checkpoint of step 5 stays."""
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(
+        "import os, sys\n"
+        "from minisynth import torch_engine\n"
+        "from minisynth.cli import main\n"
+        "step = torch_engine.TorchEngine.forward_backward\n"
+        "calls = []\n"
+        "def failing(self, x, y):\n"
+        "    calls.append(1)\n"
+        "    if os.environ['RANK'] == '1' and len(calls) == 8:\n"
+        "        raise RuntimeError('a failure in process 1')\n"
+        "    return step(self, x, y)\n"
+        "torch_engine.TorchEngine.forward_backward = failing\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    run = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--steps", "20", "--eval-interval", "5", "--out", str(run)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(script), "train", *flags]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode != 0
+    assert "a failure in process 1" in proc.stderr
+    assert int(np.load(run / "checkpoint.npz")["step"]) == 5  # the last good one
