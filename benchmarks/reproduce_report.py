@@ -195,17 +195,18 @@ def training_clock(run_folder):
     return points
 
 
-def mean_clock(out, variant, seeds):
-    """Mean over seeds of (seconds, val BPC) at each evaluation."""
+def median_clock(out, variant, seeds):
+    """Median over seeds of (seconds, val BPC) at each evaluation: a run slowed by other
+    work on the machine moves the median little."""
     curves = [training_clock(run_dir(out, variant.name, s)) for s in seeds]
-    return np.mean(np.array(curves), axis=0)  # (evaluations, 2)
+    return np.median(np.array(curves), axis=0)  # (evaluations, 2)
 
 
 def wall_time_view(out, study, fig_path):
     """The figure of val BPC against training seconds, and the table at equal time."""
     from matplotlib.figure import Figure
 
-    curves = {k: mean_clock(out, study.chosen[k], study.seeds) for k in study.final}
+    curves = {k: median_clock(out, study.chosen[k], study.seeds) for k in study.final}
     budget = min(c[-1, 0] for c in curves.values())  # the fastest kind's whole run
     fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
@@ -213,7 +214,7 @@ def wall_time_view(out, study, fig_path):
         ax.plot(c[:, 0], c[:, 1], marker="o", label=kind)
     ax.axvline(budget, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("training seconds (one process per core; evaluation excluded)")
-    ax.set_ylabel("validation BPC (mean over seeds)")
+    ax.set_ylabel("validation BPC (median over seeds)")
     ax.set_ylim(top=min(4.0, max(c[:, 1].max() for c in curves.values())))
     ax.set_title("BPC against wall-clock time, tuned kinds")
     ax.legend(fontsize=8)
@@ -767,7 +768,7 @@ def write_report(out, study, report, command):
             "## Compute as well as tokens",
             "",
             "The same runs on a clock: training seconds (the sum of each logging interval's "
-            "tokens over its measured tokens/s, so evaluation is excluded), mean over seeds. "
+            "tokens over its measured tokens/s, so evaluation is excluded), median over seeds. "
             f"At {budget:.1f} s, when the fastest kind finished its {SCHEDULE['steps']:,} steps, "
             "validation "
             "BPC is interpolated linearly between evaluations. A run stopped early is not a "
