@@ -443,8 +443,9 @@ for n, a in initial.items():  # back to the initial weights
 # $q_i \cdot b_k$ to every entry of row i, and softmax ignores a constant added
 # to a whole row. So $b_k$ can never change the output, and its gradient is zero
 # for every input (the model's backward computes it, and rounding leaves ~1e-17).
-# (Many implementations drop this bias; minisynth keeps PyTorch's `nn.Linear`
-# layout so that weights transfer one to one, tutorial 11.)
+# (minisynth keeps it, as GPT-2's attention and PyTorch's `nn.MultiheadAttention`
+# with its default `bias=True` do; it costs C parameters per layer and changes
+# nothing.)
 #
 # ## 5. AdamW: one step by hand
 #
