@@ -160,9 +160,9 @@ fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 # The chosen settings were trained on seeds 1-5. The seed changes the
 # initialisation and the order of the batches, and with it the test BPC by a few
 # hundredths. A gap between two kinds means something only against that spread.
-# We take the tuned runs of five of the kinds (RESULTS.md has all of them; the seed-0
-# selection runs are left out: they
-# were *chosen* for being good, so they are biased) and draw every seed.
+# We take the tuned runs of five of the kinds (RESULTS.md has all of them; the
+# seed-0 selection runs are left out: they were *chosen* for being good, so they
+# are biased) and draw every seed.
 
 # %%
 tuned = {}  # kind -> test BPC of the fresh seeds at the chosen setting
