@@ -196,7 +196,8 @@ COMMANDS = {
         ["minisynth train --attention random --out runs/random",
          "minisynth train --out runs/random --resume --steps 3000   # continue, or extend",
          "minisynth train --data notes.txt --max-len 64 --out runs/notes --force",
-         "minisynth train --engine torch --device cuda --out runs/gpu   # on PyTorch"],
+         "minisynth train --engine torch --device cuda --out runs/gpu   # on PyTorch",
+         "torchrun --nproc_per_node 2 -m minisynth train --engine torch --out runs/ddp"],
         ["CONFIG",
          (("--out",), dict(default="runs/default", help="run directory: checkpoint.npz and "
                            "metrics.jsonl go here (default: %(default)s)")),
