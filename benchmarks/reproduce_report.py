@@ -485,8 +485,8 @@ def tuning_finding(study):
 
 def budget_finding(out, study):
     lines = []
-    for name, variant, seed in (("untuned", VARIANTS["random"], SEEDS[0]),
-                                ("tuned", study.chosen.get("random"), study.seeds[0])):  # fmt: skip
+    for name, variant, seed in (("the untuned", VARIANTS["random"], SEEDS[0]),
+                                ("the tuned", study.chosen.get("random"), study.seeds[0])):  # fmt: skip
         budget = random_logit_budget(out, variant, seed) if variant else None
         if budget is not None:
             total, before, after = budget
@@ -495,19 +495,20 @@ def budget_finding(out, study):
                 f"to {total:.2f}; a row's visible logits spread (max - min) from {before:.2f} "
                 f"at initialisation to {after:.2f}"
             )
-    return ["**Random's learning budget.** " + "; ".join(lines) + ".", ""] if lines else []
+    if not lines:
+        return []
+    return ["**Random's learning budget.** " + "; ".join(lines)[0].upper() + "; ".join(lines)[1:]
+            + ".", ""]  # fmt: skip
 
 
 def memorisation_finding(out, study):
     """Train loss (in bits) against validation BPC at the end of the tuned runs."""
     gaps = []
-    for variant in study.chosen.values():
-        for seed in study.seeds:
-            path = run_dir(out, variant.name, seed) / "metrics.jsonl"
-            if not path.exists():
-                continue
+    for runs in study.final.values():  # finished runs only
+        for r in runs:
+            path = run_dir(out, r["variant"], r["seed"]) / "metrics.jsonl"
             records = [json.loads(line) for line in metrics_lines(path)]
-            train_bits = np.mean([r["loss"] for r in records[-4:]]) / math.log(2)
+            train_bits = np.mean([x["loss"] for x in records[-4:]]) / math.log(2)
             gaps.append(records[-1]["val_bpc"] - train_bits)
     if not gaps:
         return []
