@@ -485,8 +485,9 @@ def tuning_finding(study):
 
 def budget_finding(out, study):
     lines = []
-    for name, variant, seed in (("the untuned", VARIANTS["random"], SEEDS[0]),
-                                ("the tuned", study.chosen.get("random"), study.seeds[0])):  # fmt: skip
+    cases = [("the untuned", VARIANTS["random"], SEEDS[0]),
+             ("the tuned", study.chosen.get("random"), study.seeds[0])]  # fmt: skip
+    for name, variant, seed in cases:
         budget = random_logit_budget(out, variant, seed) if variant else None
         if budget is not None:
             total, before, after = budget
