@@ -125,7 +125,7 @@ FINAL_SEEDS = [1, 2, 3, 4, 5]  # fresh seeds at the chosen settings (not the sel
 # More seeds where they matter: the two kinds of a compared pair get EXTRA_SEEDS more fresh
 # seeds when, after the first ones, the pair's test-BPC gap lies between CLOSE_RANGE times
 # the gap those seeds detect with 80% power (a gap near what the runs can resolve).
-EXTRA_SEEDS = 3
+EXTRA_SEEDS = 2
 CLOSE_RANGE = (0.5, 1.5)
 WIDE_VANILLA = "vanilla_wide"  # vanilla widened to dense+vanilla's reachable size
 RERUN = "vanilla_rerun"  # vanilla seed 1 again at today's commit: how far reruns agree
