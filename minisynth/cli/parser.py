@@ -195,9 +195,7 @@ COMMANDS = {
         "train a character-level Synthesizer LM on enwik8",
         ["minisynth train --attention random --out runs/random",
          "minisynth train --out runs/random --resume --steps 3000   # continue, or extend",
-         "minisynth train --data notes.txt --max-len 64 --out runs/notes --force",
-         "minisynth train --engine torch --device cuda --out runs/gpu   # on PyTorch",
-         "torchrun --nproc_per_node 2 -m minisynth train --engine torch --out runs/ddp"],
+         "minisynth train --engine torch --device cuda --out runs/gpu   # on PyTorch"],
         ["CONFIG",
          (("--out",), dict(default="runs/default", help="run directory: checkpoint.npz and "
                            "metrics.jsonl go here (default: %(default)s)")),
