@@ -252,6 +252,13 @@ def bpc_chart(final, path):
     fig.savefig(path)
 
 
+def mapped_run(out, study, kind):
+    """The run folder whose maps stand for a tuned kind: its first fresh seed with a
+    checkpoint (runs reused from an earlier machine have none), else its first seed."""
+    folders = [run_dir(out, study.chosen[kind].name, r["seed"]) for r in study.final[kind]]
+    return next((f for f in folders if (f / "checkpoint.npz").exists()), folders[0])
+
+
 def draw_maps(run_dirs, fig_dir):
     """compare.png and stats.json of the runs' maps; from a clean clone (no checkpoints),
     keep the committed figure rather than redraw it for fewer models."""
@@ -405,12 +412,14 @@ def survivors(entries, group=None):
 
 
 def verdict(entry):
-    """'`a` better than `b` by 0.012 BPC (Holm p 0.003)' for one comparison."""
+    """'`a` better than `b` by 0.012 BPC (95% CI ..., Holm p 0.003)' for one comparison;
+    the interval is that of the better one's advantage."""
     _, c, h, _, _ = entry
     better, worse = (c.a, c.b) if c.gap > 0 else (c.b, c.a)
+    low, high = (c.low, c.high) if c.gap > 0 else (-c.high, -c.low)
     return (
-        f"`{better}` better than `{worse}` by {abs(c.gap):.3f} {PRIMARY} BPC (95% CI of the "
-        f"gap [{c.low:+.3f}, {c.high:+.3f}], p {fmt_p(c.p)}, Holm p {fmt_p(h)})"
+        f"`{better}` better than `{worse}` by {abs(c.gap):.3f} {PRIMARY} BPC (95% CI "
+        f"[{low:+.3f}, {high:+.3f}], p {fmt_p(c.p)}, Holm p {fmt_p(h)})"
     )
 
 
@@ -424,11 +433,14 @@ def paper_finding(entries):
         return []
     kept = survivors(paper)
     agree = [e for e in kept if e[1].gap > 0]  # first = the paper's better one
+    reversed_ = [e for e in kept if e[1].gap <= 0]
     lines = [
         f"**Agreement with the paper.** Of the {len(paper)} pairs the paper orders, "
-        f"{len(kept)} survive Holm's correction; the paper's order holds for {len(agree)} of "
-        "those" + (": " + "; ".join(verdict(e) for e in kept) if kept else "") + ". "
-        f"The other {len(paper) - len(kept)} pairs are undecided here: their gaps are "
+        f"{len(kept)} survive Holm's correction. The paper's order holds for {len(agree)}"
+        + (": " + "; ".join(verdict(e) for e in agree) if agree else "")
+        + f". It is reversed for {len(reversed_)}"
+        + (": " + "; ".join(verdict(e) for e in reversed_) if reversed_ else "")
+        + f". The other {len(paper) - len(kept)} pairs are undecided here: their gaps are "
         "smaller than the runs can resolve (see the detectable gap beside each), so they "
         "count neither for nor against the paper."
     ]
@@ -604,14 +616,21 @@ def rerun_finding(out):
         return []
     old, new = (json.loads(p.read_text()) for p in paths)
     commits = [(r.get("compute") or {}).get("minisynth_commit") or "unknown" for r in (old, new)]
+    diff = max(abs(old["val_bpc"] - new["val_bpc"]), abs(old["test_bpc"] - new["test_bpc"]))
     return [
         "**Reruns.** `vanilla` seed 1, trained at commit "
         f"{commits[0]} and again at {commits[1]} with the same settings: val BPC "
-        f"{old['val_bpc']:.4f} and {new['val_bpc']:.4f}, test {old['test_bpc']:.4f} and "
-        f"{new['test_bpc']:.4f}. Reruns agree to a few thousandths, not bit for bit: "
-        "floating-point sums in the fast kernels depend on the code's order of operations, "
-        "which commits change. Runs reused from an earlier commit are comparable at that "
-        "precision, far below the seed-to-seed spread.",
+        f"{old['val_bpc']:.7f} and {new['val_bpc']:.7f}, test {old['test_bpc']:.7f} and "
+        f"{new['test_bpc']:.7f}: "
+        + (
+            "bit for bit the same. "
+            if diff == 0
+            else f"they differ by {diff:.1e} BPC, not "
+            "bit for bit: floating-point sums in the fast kernels follow the code's order of "
+            "operations, which commits change. "
+        )
+        + "Runs reused from an earlier commit (vanilla's and random_fixed's seeds 1 and 2, "
+        "the controls) are comparable at that precision, far below the seed-to-seed spread.",
         "",
     ]
 
@@ -787,14 +806,15 @@ def write_report(out, study, report, command):
         first = [run_dir(out, study.chosen[k].name, study.seeds[0]) for k in study.final]
         first = [d for d in first if d.exists()]
         viz.curves_for_runs([str(d) for d in first], str(fig_dir / "curves.png"))
-        draw_maps(first, fig_dir)
+        draw_maps([mapped_run(out, study, k) for k in study.final], fig_dir)
         lines += [
             "## Curves and maps",
             "",
             f"Training curves (seed {study.seeds[0]}): ![curves](figures/curves.png)",
             "",
-            f"Attention maps of the last layer of each tuned seed-{study.seeds[0]} model on "
-            f"the same text (`{COMPARE_TEXT}`): ![maps](figures/compare.png)",
+            "Attention maps of the last layer of each tuned kind (its first fresh seed whose "
+            f"checkpoint is on this machine; the table names it) on the same text "
+            f"(`{COMPARE_TEXT}`): ![maps](figures/compare.png)",
             "",
             *attention_stats_lines(load_map_stats(fig_dir)),
             "",
