@@ -528,9 +528,9 @@ print(f"additions lost in a wrong run: {lost}; one thread's chunk is {chunk:,} r
 assert blocks == [200_000] * 10
 
 # %% [markdown]
-# When a run is wrong, the number of lost additions is a multiple of a chunk
-# (with two threads: exactly half of them), not a scattering of single
-# additions: whole chunks, as the register explanation says. How often it is
+# When a run is wrong, the lost additions number close to a whole chunk (with two
+# threads about half of them, give or take the moments when the two threads did not
+# overlap), not a scattering of single additions: as the register explanation says. How often it is
 # wrong depends on the machine and its load (with one thread, or when the threads
 # happen not to overlap in time, the chunks add up correctly); that is what makes
 # such bugs dangerous. The block version is right every time.
@@ -718,14 +718,15 @@ print(f"  a page fault here costs about "
       "if the faults explain the whole difference")  # fmt: skip
 
 # %% [markdown]
-# Read the three lines together. GELU's temporaries are a few MB per call; in a
-# loop, glibc hands the same memory back each time, and the pages are already
-# mapped: few faults. Inside a step, the many large temporaries of the other
-# layers come and go between two GELU calls, glibc returns freed memory at the top
-# of its heap to the operating system (and maps large blocks afresh), and the
-# next GELU call touches unmapped pages again: the fault count explains the
-# gap when the last line gives a plausible microsecond or so per fault. Whatever
-# the profiler adds on top is the difference with section 1's number.
+# Read the three lines together. GELU's temporaries are large (B T 4C floats, MBs
+# per call); glibc takes such blocks from the operating system, and every first touch
+# of a fresh page costs a fault. How many of those pages are fresh depends on what
+# ran before: in a loop, memory freed by the previous call can come straight back;
+# inside a step, the other layers' temporaries come and go in between, and more of
+# GELU's pages are new. The last line divides the extra time by the extra faults: a
+# minor fault costs about a microsecond or two, so when the line lands there, the
+# faults explain the gap. Whatever the profiler adds on top is the difference with
+# section 1's number.
 # `minisynth.fast.allocator` asks glibc to keep freed memory for reuse instead,
 # one of the reasons `minisynth train` is faster than its kernels alone would
 # make it. A benchmark measures its whole environment, other programs on the
