@@ -319,8 +319,8 @@ def train(
     torch_engine = _torch_engine_module()
     # the run's NumPy copy only saves, evaluates what the loop did not, and samples
     return torch_engine.train_on_torch(
-        lambda quiet_log: _open_run(model_config, train_config, Path(out_dir), resume, force,
-                                    quiet_log, "numpy", step_memory=False),
+        lambda run_log: _open_run(model_config, train_config, Path(out_dir), resume, force,
+                                    run_log, "numpy", step_memory=False),
         _train_loop, progress=progress, log=log, stop_after=stop_after, device=device,
         bf16=bf16, compile=compile,
     )  # fmt: skip
