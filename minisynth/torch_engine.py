@@ -42,8 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import iter_eval_windows, load_data
 from .model import ModelConfig, SynthesizerLM
-from .optim import AdamW, synthetic_logits_lr_scale
 from .torch_model import TORCH_DTYPES, SynthesizerTorch, adamw_like
+from .train import TrainConfig, _Run, _train_loop, launched_by_torchrun, run_optimizer
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -192,32 +192,29 @@ def _replica_state(run):
     }
 
 
-def _replica_run(state, run_class, settings_class):
+def _replica_run(state):
     """The run as process 0 opened it, rebuilt in another process (it writes nothing)."""
-    settings = settings_class(**state["settings"])
+    settings = TrainConfig(**state["settings"])
     model = SynthesizerLM(ModelConfig.from_json(state["config"]), dtype=np.dtype(state["dtype"]))
     model.load_state(state["params"], state["buffers"])
-    optimizer = AdamW(model.params, lr=settings.lr, weight_decay=settings.weight_decay,
-                      lr_scale=synthetic_logits_lr_scale(settings.synthetic_lr_scale))  # fmt: skip
+    optimizer = run_optimizer(model, settings)
     optimizer.load_state_dict(state["optimizer"])
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
     splits, _ = load_data(settings.data)
-    return run_class(*state["paths"], settings, model, optimizer, rng, state["start"], splits,
-                     state["fingerprint"], _NoLock())  # fmt: skip
+    return _Run(*state["paths"], settings, model, optimizer, rng, state["start"], splits,
+                state["fingerprint"], _NoLock())  # fmt: skip
 
 
-def train_on_torch(open_run, train_loop, *, progress, log, stop_after, device, bf16=False,
-                   compile=False):  # fmt: skip
+def train_on_torch(open_run, *, progress, log, stop_after, device, bf16=False, compile=False):
     """Run :func:`minisynth.train.train`'s loop on a :class:`TorchEngine`: in this process,
-    or, started by torchrun, as one process of a DistributedDataParallel group."""
-    from .train import TrainConfig, _Run, launched_by_torchrun
-
+    or, started by torchrun, as one process of a DistributedDataParallel group.
+    ``open_run(log)`` opens the run folder (process 0 only, in a group)."""
     if not launched_by_torchrun():
         run = open_run(log)
         with run:
             engine = TorchEngine(run, device=device, bf16=bf16, compile=compile)
-            return train_loop(run, engine, progress, log, stop_after)
+            return _train_loop(run, engine, progress, log, stop_after)
     device = resolve_device(device)
     if device == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -225,19 +222,19 @@ def train_on_torch(open_run, train_loop, *, progress, log, stop_after, device, b
     try:
         if dist.get_rank() == 0:
             options = dict(device=device, distributed=True, bf16=bf16, compile=compile)
-            return _train_first(open_run, train_loop, progress, log, stop_after, options)
+            return _train_first(open_run, progress, log, stop_after, options)
         box = [None]
         dist.broadcast_object_list(box, src=0)  # process 0's run, or why it could not open it
         if "error" in box[0]:
             raise RuntimeError(f"process 0 could not open the run: {box[0]['error']}")
-        run = _replica_run(box[0], _Run, TrainConfig)
+        run = _replica_run(box[0])
         engine = TorchEngine(run, device=device, distributed=True, bf16=bf16, compile=compile)
-        return train_loop(run, engine, False, lambda *a, **k: None, stop_after)
+        return _train_loop(run, engine, False, lambda *a, **k: None, stop_after)
     finally:
         dist.destroy_process_group()
 
 
-def _train_first(open_run, train_loop, progress, log, stop_after, options):
+def _train_first(open_run, progress, log, stop_after, options):
     """Process 0 of a group: open the run, share it, train and write."""
     world = dist.get_world_size()
     try:
@@ -256,4 +253,4 @@ def _train_first(open_run, train_loop, progress, log, stop_after, options):
         dist.broadcast_object_list([_replica_state(run)], src=0)
         log(f"{world} processes (torch.distributed, {dist.get_backend()}), "
             f"{run.settings.batch_size // world} rows of each batch per process")  # fmt: skip
-        return train_loop(run, TorchEngine(run, **options), progress, log, stop_after)
+        return _train_loop(run, TorchEngine(run, **options), progress, log, stop_after)

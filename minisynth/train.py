@@ -308,9 +308,9 @@ def train(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     check_backend(backend)
-    if engine == "numpy" and (bf16 or compile):
-        raise ValueError("--bf16 and --compile are options of --engine torch")
     if engine == "numpy":
+        if bf16 or compile:
+            raise ValueError("--bf16 and --compile are options of --engine torch")
         if launched_by_torchrun():
             raise ValueError("several processes (torchrun) train with --engine torch only")
         run = _open_run(model_config, train_config, Path(out_dir), resume, force, log, backend)
@@ -321,8 +321,8 @@ def train(
     return torch_engine.train_on_torch(
         lambda run_log: _open_run(model_config, train_config, Path(out_dir), resume, force,
                                     run_log, "numpy", step_memory=False),
-        _train_loop, progress=progress, log=log, stop_after=stop_after, device=device,
-        bf16=bf16, compile=compile,
+        progress=progress, log=log, stop_after=stop_after, device=device, bf16=bf16,
+        compile=compile,
     )  # fmt: skip
 
 
@@ -531,13 +531,7 @@ def _open_locked_run(model_config, train_config, out, resume, force, log, backen
     else:
         model = SynthesizerLM(model_config, seed=settings.seed, backend=backend)
         rng, start = np.random.default_rng(settings.seed), 0
-    optimizer = AdamW(
-        model.params,
-        lr=settings.lr,
-        weight_decay=settings.weight_decay,
-        lr_scale=synthetic_logits_lr_scale(settings.synthetic_lr_scale),
-        backend=backend,
-    )
+    optimizer = run_optimizer(model, settings, backend)
     if resume:
         if ckpt.optimizer_state(data):
             optimizer.load_state_dict(ckpt.optimizer_state(data))
@@ -554,6 +548,13 @@ def _open_locked_run(model_config, train_config, out, resume, force, log, backen
     )
     return _Run(out, checkpoint, metrics, settings, model, optimizer, rng, start, splits,
                 fingerprint, lock)  # fmt: skip
+
+
+def run_optimizer(model, settings, backend="numpy"):
+    """The AdamW of a run: its learning rate, decay and R multiplier (fresh state)."""
+    return AdamW(model.params, lr=settings.lr, weight_decay=settings.weight_decay,
+                 lr_scale=synthetic_logits_lr_scale(settings.synthetic_lr_scale),
+                 backend=backend)  # fmt: skip
 
 
 def _resumed_checkpoint(checkpoint, model_config, settings, backend):
