@@ -222,16 +222,26 @@ def train_on_torch(open_run, *, progress, log, stop_after, device, bf16=False, c
     try:
         if dist.get_rank() == 0:
             options = dict(device=device, distributed=True, bf16=bf16, compile=compile)
-            return _train_first(open_run, progress, log, stop_after, options)
-        box = [None]
-        dist.broadcast_object_list(box, src=0)  # process 0's run, or why it could not open it
-        if "error" in box[0]:
-            raise RuntimeError(f"process 0 could not open the run: {box[0]['error']}")
-        run = _replica_run(box[0])
-        engine = TorchEngine(run, device=device, distributed=True, bf16=bf16, compile=compile)
-        return _train_loop(run, engine, False, lambda *a, **k: None, stop_after)
+            result = _train_first(open_run, progress, log, stop_after, options)
+        else:
+            result = _train_replica(device, stop_after, bf16, compile)
+        # Process 0 still writes the checkpoint and the sample when the others are done:
+        # a process that closed the group then (gloo) could abort at exit.
+        dist.barrier()
+        return result
     finally:
         dist.destroy_process_group()
+
+
+def _train_replica(device, stop_after, bf16, compile):
+    """Every process but 0: rebuild process 0's run and train on its share of each batch."""
+    box = [None]
+    dist.broadcast_object_list(box, src=0)  # process 0's run, or why it could not open it
+    if "error" in box[0]:
+        raise RuntimeError(f"process 0 could not open the run: {box[0]['error']}")
+    run = _replica_run(box[0])
+    engine = TorchEngine(run, device=device, distributed=True, bf16=bf16, compile=compile)
+    return _train_loop(run, engine, False, lambda *a, **k: None, stop_after)
 
 
 def _train_first(open_run, progress, log, stop_after, options):
