@@ -41,6 +41,7 @@ uniform over the visible positions. Same seed, same parameters.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -82,6 +83,41 @@ def default_factors(L):
     return a, L // a
 
 
+class LogitPieces(NamedTuple):
+    """One component's logits in pieces (the tiled path, :mod:`minisynth.fast.tiled`):
+    S[i, j] = q_i . k_j + table[i, j] + A[i, j mod a] Bt[i, j div a], absent pieces None.
+    Arrays (B,H,T,.) per batch row, or (H,T,.) when shared by the batch."""
+
+    q: np.ndarray | None = None  # (B,H,T,D) or (H,T,D)
+    k: np.ndarray | None = None  # (B,H,T,D) or (H,T,D)
+    table: np.ndarray | None = None  # (H,T,T)
+    A: np.ndarray | None = None  # (B,H,T,a)
+    Bt: np.ndarray | None = None  # (B,H,T,b)
+
+
+# ------------------------------------------------------------- the tiled path
+TILES = ("auto", "always", "never")
+TILES_VARIABLE = "MINISYNTH_TILES"
+# From this many positions on, "auto" computes attention in tiles (the crossover
+# measured in BENCHMARKS.md, "Attention at length").
+TILED_FROM = 512
+
+
+def check_tiles(tiles=None):
+    """When a ``"numba"`` layer computes attention in tiles (:mod:`minisynth.fast.tiled`),
+    never storing a (B,H,T,T) map: ``"auto"`` (from :data:`TILED_FROM` positions on),
+    ``"always"`` or ``"never"``. None means ``$MINISYNTH_TILES``, else ``"auto"``.
+    The reference (``"numpy"``) never tiles: it is written as the math."""
+    if tiles is None:
+        tiles = os.environ.get(TILES_VARIABLE, "").strip() or "auto"
+        source = f"{TILES_VARIABLE}={tiles!r}"
+    else:
+        source = f"tiles={tiles!r}"
+    if tiles not in TILES:
+        raise ValueError(f"{source} is not one of {', '.join(repr(t) for t in TILES)}")
+    return tiles
+
+
 # ------------------------------------------------------------- logit components
 class Component:
     """One source of attention logits. Subclasses define the kind's parameters and math.
@@ -114,6 +150,16 @@ class Component:
 
     def shapes(self):
         """name -> shape of the trainable parameters (in creation order)."""
+        raise NotImplementedError
+
+    def tile_pieces(self, p, x):
+        """The logits in pieces that give any tile without S (the tiled path,
+        :mod:`minisynth.fast.tiled`): ``(LogitPieces, cache)``."""
+        raise NotImplementedError
+
+    def tile_backward(self, d, cache):
+        """``d``: LogitPieces of gradients (shared pieces summed over the batch) ->
+        (dx or None, grads), as :meth:`backward`."""
         raise NotImplementedError
 
     def buffer_shapes(self):
@@ -153,20 +199,31 @@ class Vanilla(Component):
         return {"Wq": (C, C), "bq": (C,), "Wk": (C, C), "bk": (C,)}
 
     def forward(self, p, x):
-        q_flat, q_cache = self.ops.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
-        k_flat, k_cache = self.ops.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
-        q = split_heads(q_flat, self.H)  # (B,H,T,hs)
-        k = split_heads(k_flat, self.H)  # (B,H,T,hs)
-        scale = 1.0 / math.sqrt(self.hs)
-        q_scaled = q * scale  # (B,H,T,hs) q / sqrt(hs)
-        S = q_scaled @ k.swapaxes(-1, -2)  # (B,H,T,T)
-        return S, (q_scaled, k, q_cache, k_cache, scale)
+        pieces, cache = self.tile_pieces(p, x)  # q / sqrt(hs) and k, (B,H,T,hs) each
+        S = pieces.q @ pieces.k.swapaxes(-1, -2)  # (B,H,T,T)
+        return S, cache
 
     def backward(self, dS, cache):
         q_scaled, k, q_cache, k_cache, scale = cache
         # S = (q / sqrt(hs)) @ k^T
-        dq = (dS @ k) * scale  # (B,H,T,hs)
+        dq_scaled = dS @ k  # (B,H,T,hs)
         dk = dS.swapaxes(-1, -2) @ q_scaled  # (B,H,T,hs)
+        return self._features_backward(dq_scaled, dk, cache)
+
+    def tile_pieces(self, p, x):
+        q_flat, q_cache = self.ops.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
+        k_flat, k_cache = self.ops.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
+        scale = 1.0 / math.sqrt(self.hs)
+        q_scaled = split_heads(q_flat, self.H) * scale  # (B,H,T,hs) q / sqrt(hs)
+        k = split_heads(k_flat, self.H)  # (B,H,T,hs)
+        return LogitPieces(q=q_scaled, k=k), (q_scaled, k, q_cache, k_cache, scale)
+
+    def tile_backward(self, d, cache):
+        return self._features_backward(d.q, d.k, cache)
+
+    def _features_backward(self, dq_scaled, dk, cache):
+        _, _, q_cache, k_cache, scale = cache
+        dq = dq_scaled * scale  # (B,H,T,hs)
         # q = x Wq + bq;  k = x Wk + bk
         dx_q, dWq, dbq = self.ops.linear_backward(merge_heads(dq), q_cache)
         dx_k, dWk, dbk = self.ops.linear_backward(merge_heads(dk), k_cache)
@@ -239,15 +296,36 @@ class Dense(_DenseHidden):
 
     def backward(self, dS, cache):
         hid, W2, hidden_cache = cache
-        H, hs, T = W2.shape
         # S = hid @ W2[:, :, :T] + b2[:, :T]   (W2 and b2 shared by every b and i)
-        dW2 = np.zeros((H, hs, self.L), dtype=dS.dtype)  # (H,hs,L) columns >= T stay 0
-        dW2[:, :, :T] = (hid.swapaxes(-1, -2) @ dS).sum(axis=0)  # sum_b hid[b]^T dS[b]
-        db2 = np.zeros((H, self.L), dtype=dS.dtype)  # (H,L)
-        db2[:, :T] = dS.sum(axis=(0, 2))  # sum over b and i
+        dW2 = (hid.swapaxes(-1, -2) @ dS).sum(axis=0)  # (H,hs,T) sum_b hid[b]^T dS[b]
+        db2 = dS.sum(axis=(0, 2))  # (H,T) sum over b and i
         dhid = dS @ W2.swapaxes(-1, -2)  # (B,H,T,hs)
+        return self._grads(dhid, dW2, db2, hidden_cache)
+
+    def _grads(self, dhid, dW2, db2, hidden_cache):
+        """dx and the gradients; dW2 (H,hs,T) and db2 (H,T) padded to L columns (zeros)."""
+        H, hs, T = dW2.shape
+        dW2_full = np.zeros((H, hs, self.L), dtype=dW2.dtype)  # (H,hs,L) columns >= T stay 0
+        dW2_full[:, :, :T] = dW2
+        db2_full = np.zeros((H, self.L), dtype=db2.dtype)  # (H,L)
+        db2_full[:, :T] = db2
         dx, grads = self.hidden_backward(dhid, hidden_cache)
-        return dx, {**grads, "W2": dW2, "b2": db2}
+        return dx, {**grads, "W2": dW2_full, "b2": db2_full}
+
+    def tile_pieces(self, p, x):
+        # S[i, j] = [hid_i, 1] . [W2[:, j], b2[j]]: a dot product of width hs + 1
+        T = x.shape[1]
+        hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
+        ones = np.ones(hid.shape[:3] + (1,), dtype=hid.dtype)  # (B,H,T,1)
+        q = np.concatenate([hid, ones], axis=-1)  # (B,H,T,hs+1)
+        k = np.concatenate([p["W2"][:, :, :T].swapaxes(-1, -2), p["b2"][:, :T, None]],
+                           axis=-1)  # (H,T,hs+1) shared by the batch  # fmt: skip
+        return LogitPieces(q=q, k=k), hidden_cache
+
+    def tile_backward(self, d, hidden_cache):
+        # d.k (H,T,hs+1) is summed over the batch already
+        return self._grads(d.q[..., :-1], d.k[..., :-1].swapaxes(-1, -2), d.k[..., -1],
+                           hidden_cache)  # fmt: skip
 
     def row(self, p, x_t, t, memory):
         hid, _ = self.hidden_forward(p, x_t)  # (B,H,1,hs) from the new token alone
@@ -296,20 +374,17 @@ class FactorizedDense(_DenseHidden):
         }
 
     def full_logits(self, p, x):
-        """x (B,T,C) -> (full (B,H,T,L), (hid, A, B_tilde, hidden_cache))."""
-        hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
-        A = hid @ p["Wa"] + p["ba"][:, None, :]  # (B,H,T,a)
-        B_tilde = hid @ p["Wb"] + p["bb"][:, None, :]  # (B,H,T,b)
+        """x (B,T,C) -> (full (B,H,T,L), cache)."""
+        pieces, cache = self.tile_pieces(p, x)  # A (B,H,T,a), B_tilde (B,H,T,b)
         # full reshaped to (b, a): full[q*a + r] = B_tilde[q] * A[r]
-        full = B_tilde[..., :, None] * A[..., None, :]  # (B,H,T,b,a)
-        full = full.reshape(A.shape[:3] + (self.L,))  # (B,H,T,L)
-        return full, (hid, A, B_tilde, hidden_cache)
+        full = pieces.Bt[..., :, None] * pieces.A[..., None, :]  # (B,H,T,b,a)
+        full = full.reshape(pieces.A.shape[:3] + (self.L,))  # (B,H,T,L)
+        return full, cache
 
     def forward(self, p, x):
         T = x.shape[1]
-        full, (hid, A, B_tilde, hidden_cache) = self.full_logits(p, x)  # (B,H,T,L)
-        S = full[..., :T]  # (B,H,T,T)
-        return S, (hid, A, B_tilde, p["Wa"], p["Wb"], hidden_cache)
+        full, cache = self.full_logits(p, x)  # (B,H,T,L)
+        return full[..., :T], cache  # S (B,H,T,T)
 
     def row(self, p, x_t, t, memory):
         full, _ = self.full_logits(p, x_t)  # (B,H,1,L) from the new token alone
@@ -325,6 +400,20 @@ class FactorizedDense(_DenseHidden):
         # full[q*a + r] = B_tilde[q] * A[r]
         dA = np.einsum("bhtqr,bhtq->bhtr", dF, B_tilde)  # (B,H,T,a) sum_q dF[q, r] B_tilde[q]
         dB_tilde = np.einsum("bhtqr,bhtr->bhtq", dF, A)  # (B,H,T,b) sum over r of dF[q, r] A[r]
+        return self._factors_backward(dA, dB_tilde, cache)
+
+    def tile_pieces(self, p, x):
+        # S[i, j] = A[i, j mod a] B_tilde[i, j div a]: the tile takes A and B_tilde
+        hid, hidden_cache = self.hidden_forward(p, x)  # (B,H,T,hs)
+        A = hid @ p["Wa"] + p["ba"][:, None, :]  # (B,H,T,a)
+        B_tilde = hid @ p["Wb"] + p["bb"][:, None, :]  # (B,H,T,b)
+        return LogitPieces(A=A, Bt=B_tilde), (hid, A, B_tilde, p["Wa"], p["Wb"], hidden_cache)
+
+    def tile_backward(self, d, cache):
+        return self._factors_backward(d.A, d.Bt, cache)
+
+    def _factors_backward(self, dA, dB_tilde, cache):
+        hid, _, _, Wa, Wb, hidden_cache = cache
         # A = hid @ Wa[h] + ba[h];  B_tilde = hid @ Wb[h] + bb[h]
         dWa = (hid.swapaxes(-1, -2) @ dA).sum(axis=0)  # (H,hs,a) sum_b hid[b]^T dA[b]
         dWb = (hid.swapaxes(-1, -2) @ dB_tilde).sum(axis=0)  # (H,hs,b)
@@ -381,6 +470,13 @@ class Random(Component):
     def row(self, p, x_t, t, memory):
         return p["R"][:, t : t + 1, : t + 1]  # (H,1,t+1) row t of R: no input at all
 
+    def tile_pieces(self, p, x):
+        S, cache = self.forward(p, x)
+        return LogitPieces(table=S), cache  # (H,T,T) the logits are parameters
+
+    def tile_backward(self, d, cache):
+        return self.backward(d.table, cache)  # d.table (H,T,T), summed over the batch
+
 
 class RandomFixed(Random):
     """Fixed Random Synthesizer: S[b,h] = R[h,:T,:T] with R (H,L,L) frozen.
@@ -421,19 +517,30 @@ class FactorizedRandom(Component):
         return {"R1": (self.H, self.L, self.k), "R2": (self.H, self.L, self.k)}
 
     def forward(self, p, x):
+        pieces, cache = self.tile_pieces(p, x)
+        return pieces.q @ pieces.k.swapaxes(-1, -2), cache  # (H,T,T) R1 R2^T
+
+    def tile_pieces(self, p, x):
         T = x.shape[1]
         R1 = p["R1"][:, :T]  # (H,T,k)
         R2 = p["R2"][:, :T]  # (H,T,k)
-        return R1 @ R2.swapaxes(-1, -2), (R1, R2)  # (H,T,T)
+        return LogitPieces(q=R1, k=R2), (R1, R2)  # S[i, j] = R1[i] . R2[j], shared
+
+    def tile_backward(self, d, cache):
+        return self._factor_grads(d.q, d.k)  # (H,T,k) each, summed over the batch
 
     def backward(self, dS, cache):
         R1, R2 = cache
-        T = R1.shape[1]
         # S = R1[:, :T] @ R2[:, :T]^T
-        dR1 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
-        dR2 = np.zeros((self.H, self.L, self.k), dtype=dS.dtype)  # (H,L,k)
-        dR1[:, :T] = dS @ R2  # (H,T,k)
-        dR2[:, :T] = dS.swapaxes(-1, -2) @ R1  # (H,T,k)
+        return self._factor_grads(dS @ R2, dS.swapaxes(-1, -2) @ R1)  # (H,T,k) each
+
+    def _factor_grads(self, dR1_rows, dR2_rows):
+        """Gradients of the first T rows of R1 and R2 (H,T,k), padded to L rows."""
+        T = dR1_rows.shape[1]
+        dR1 = np.zeros((self.H, self.L, self.k), dtype=dR1_rows.dtype)  # (H,L,k)
+        dR2 = np.zeros((self.H, self.L, self.k), dtype=dR2_rows.dtype)  # (H,L,k)
+        dR1[:, :T] = dR1_rows
+        dR2[:, :T] = dR2_rows
         return None, {"R1": dR1, "R2": dR2}
 
     def row(self, p, x_t, t, memory):
@@ -542,6 +649,11 @@ class AttentionCache(NamedTuple):
         """(B,H,T,T) the attention maps: probabilities after masking and softmax."""
         return self.core.probs
 
+    @property
+    def v(self):
+        """(B,H,T,hs) the values."""
+        return self.core.v
+
 
 class Attention:
     """Multi-head attention of one kind (or a mixture); build it with :func:`build`.
@@ -552,11 +664,23 @@ class Attention:
     """
 
     def __init__(
-        self, kind, d_model, n_heads, max_len, *, causal, seed, dtype, backend="numpy", **options
+        self,
+        kind,
+        d_model,
+        n_heads,
+        max_len,
+        *,
+        causal,
+        seed,
+        dtype,
+        backend="numpy",
+        tiles=None,
+        **options,
     ):
         if np.dtype(dtype) not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         self.ops = operations(backend)
+        self.tiles = check_tiles(tiles)
         self.parts = parse_kind(kind)
         self.kind = "+".join(self.parts)
         self.C, self.H, self.L = _check_sizes(d_model, n_heads, max_len)
@@ -587,6 +711,12 @@ class Attention:
     def backend(self):
         """``"numpy"`` (the reference) or ``"numba"``: what computes this layer."""
         return backend_of(self.ops)
+
+    def uses_tiles(self, T):
+        """Whether a forward pass over T positions takes the tiled path (:func:`check_tiles`)."""
+        if self.backend != "numba" or self.tiles == "never":
+            return False
+        return self.tiles == "always" or T >= TILED_FROM
 
     def __repr__(self):
         return (
@@ -639,6 +769,8 @@ class Attention:
     def forward(self, x):
         """x (B,T,C) -> (y (B,T,C), cache); ``cache.probs`` is (B,H,T,T)."""
         self._check_input(x)
+        if self.uses_tiles(x.shape[1]):
+            return self.ops.tiled_attention_forward(self, x)  # no (B,H,T,T) array kept
         p = self.params
         v_flat, v_cache = self.ops.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
         v = split_heads(v_flat, self.H)  # (B,H,T,hs)
@@ -659,6 +791,8 @@ class Attention:
         check_float_array("dy", dy, ndim=3, dtype=self.dtype)
         if dy.shape != cache.v_cache.x.shape:
             raise ValueError(f"dy has shape {dy.shape}, expected {cache.v_cache.x.shape}")
+        if not isinstance(cache, AttentionCache):  # the cache of a tiled forward
+            return self.ops.tiled_attention_backward(self, dy, cache)
         grads = {}
         # y = o @ Wo + bo
         do_flat, grads["Wo"], grads["bo"] = self.ops.linear_backward(dy, cache.o_cache)
@@ -688,10 +822,14 @@ class Attention:
             dx_n, g = comp.backward(dS_n, cache.component_caches[n])
             if dx_n is not None:
                 dx = dx + dx_n
-            for name, a in g.items():  # a parameter used twice (an alias) sums both gradients
-                full = self._param_key(comp, name, prefix)
-                grads[full] = grads[full] + a if full in grads else a
+            self._add_component_grads(grads, comp, prefix, g)
         return dx, grads
+
+    def _add_component_grads(self, grads, comp, prefix, comp_grads):
+        """Add a component's gradients (local names) into ``grads`` (keys of ``params``)."""
+        for name, a in comp_grads.items():  # a parameter used twice (an alias) sums both
+            full = self._param_key(comp, name, prefix)
+            grads[full] = grads[full] + a if full in grads else a
 
     # ------------------------------------------------------------ decoding
     def prefill(self, x):
@@ -706,7 +844,7 @@ class Attention:
             memories.append(
                 {name: self._memory_buffer(B, remembered[name]) for name in comp.remembers}
             )
-        return y, DecodeState(self._memory_buffer(B, cache.core.v), tuple(memories), T)
+        return y, DecodeState(self._memory_buffer(B, cache.v), tuple(memories), T)
 
     def _memory_buffer(self, B, first):
         """A (B,H,L,hs) buffer holding ``first`` (B,H,T,hs) in its first T positions."""
@@ -774,6 +912,7 @@ def build(
     seed=0,
     dtype=np.float32,
     backend="numpy",
+    tiles=None,
     **options,
 ):
     """Build a multi-head attention layer of ``kind`` (see the module docstring).
@@ -785,7 +924,8 @@ def build(
     initial standard deviation), ``dense_from_query=True`` for dense in a mixture
     with vanilla (Dense's first layer is vanilla's query projection).
     ``backend``: ``"numpy"`` (the reference) or ``"numba"`` (the fast path's
-    twins), see :mod:`minisynth.backend`.
+    twins), see :mod:`minisynth.backend`. ``tiles``: when the fast path computes
+    attention in tiles, see :func:`check_tiles`.
     """
     return Attention(
         kind,
@@ -796,5 +936,6 @@ def build(
         seed=seed,
         dtype=dtype,
         backend=backend,
+        tiles=tiles,
         **options,
     )

@@ -6,8 +6,11 @@ functions of this module (``model.ops``) where the reference calls those of
 Numba twin exists (:mod:`minisynth.fast.kernels`, each naming its reference as
 ``kernel.reference``) this module holds the twin, else the reference itself.
 Also here: the twin of :func:`minisynth.optim.adamw_update`, for
-:class:`minisynth.optim.AdamW`. Importing this module changes nothing anywhere
-else: ``minisynth.layers`` keeps its own functions.
+:class:`minisynth.optim.AdamW`, and the tiled attention layer
+(:mod:`minisynth.fast.tiled`), which has no function of the reference to stand in
+for: a ``"numba"`` layer calls it instead of its whole forward and backward.
+Importing this module changes nothing anywhere else: ``minisynth.layers`` keeps
+its own functions.
 """
 
 from ..layers import (
@@ -32,6 +35,8 @@ from .kernels import (
     layernorm_backward,
     layernorm_forward,
 )
+from .tiled import attention_backward as tiled_attention_backward
+from .tiled import attention_forward as tiled_attention_forward
 
 __all__ = [
     "adamw_update",
@@ -52,4 +57,6 @@ __all__ = [
     "relu_forward",
     "softmax_backward",
     "softmax_forward",
+    "tiled_attention_backward",
+    "tiled_attention_forward",
 ]

@@ -42,6 +42,10 @@ def blas():
     them: OpenBLAS, MKL or BLIS), restricted to BLAS; found once, on first use."""
     global _blas
     if _blas is None:
+        # SciPy's BLAS is another library than NumPy's; Numba's np.dot (the tiled
+        # attention's products) calls it. Loaded now, so that it is controlled too.
+        import scipy.linalg.cython_blas  # noqa: F401
+
         _blas = ThreadpoolController().select(user_api="blas")
     return _blas
 

@@ -1,0 +1,433 @@
+"""Attention in tiles: softmax(S) @ v without a T x T array, for every attention kind.
+
+The full path (:func:`minisynth.fast.kernels.attention_core_forward`) stores the
+logits S and the probabilities P, B x H x T x T numbers per layer: at fixed tokens
+per batch (B T fixed) its memory grows linearly in T, and at T = 4096 the maps of
+one layer alone are gigabytes. Here S is never stored. Each attention kind's
+logits are written as up to three *pieces* (:class:`Pieces`), each of which gives
+any tile S[i0:i1, j0:j1] from arrays of size O(T):
+
+* ``q``, ``k`` (B,H,T,D): the dot-product piece ``q_i . k_j``. Vanilla's scaled
+  queries and keys; Dense's ``[hid_i, 1] . [W2[:, j], b2[j]]``; factorized Random's
+  ``R1[i] . R2[j]``. A mixture concatenates its components' features along D,
+  each component's queries multiplied by its mixture weight, so that
+  ``q_i . k_j = sum_n mix_n q_n,i . k_n,j``: one product for all of them.
+* ``table`` (H,T,T): logits that are parameters, shared by the batch: Random's
+  R[h, :T, :T] (the weighted sum of the R's in a mixture). It is as large as R
+  itself: the Random Synthesizer's L^2 parameters are its design, not a cost of
+  the path.
+* ``A`` (B,H,T,a), ``Bt`` (B,H,T,b): factorized Dense, S[i, j] = A[i, j mod a]
+  Bt[i, j div a] (mixture weight folded into A).
+
+Forward (the online softmax, one query tile of rows at a time): walk the key tiles
+j0 = 0, TILE, ... keeping for every row i the running maximum m_i, the running sum
+l_i = sum_j exp(S_ij - m_i) and the running output acc_i = sum_j exp(S_ij - m_i) v_j;
+a new tile with a larger maximum m' rescales both by exp(m_i - m'). At the end
+o_i = acc_i / l_i, and the row's log-sum-exp lse_i = m_i + log l_i is saved (B,H,T).
+Tiles wholly above the causal diagonal are never visited.
+
+Backward: P_ij = exp(S_ij - lse_i) is recomputed tile by tile from the pieces and
+lse; with Delta_i = do_i . o_i (= sum_j P_ij dP_ij), dS_ij = P_ij (dP_ij - Delta_i)
+where dP_ij = do_i . v_j. Each tile adds its share to dv (P^T do), dq (dS k), dk
+(dS^T q), dtable (dS, summed over the batch) and dA, dBt.
+
+The products of a tile are BLAS calls (``np.dot`` inside Numba); exp of float32
+logits is a polynomial that LLVM vectorises (:func:`_exp_rows`), float64 calls
+libm. Heads are split over threads (:func:`minisynth.fast.threads.run_sharded`)
+when no batch split is running already: at B = 1 the heads keep both cores busy.
+
+Shape letters are those of :mod:`minisynth.layers`; D is the width of the
+dot-product features, a and b the factorized Dense factors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import jit
+
+from .. import layers
+from ..attention import LogitPieces, merge_heads, split_heads
+from .kernels import JIT_OPTS, _falls_back_to
+from .threads import run_sharded
+
+# Rows (and columns) per tile: a tile's logits, probabilities and their gradients
+# (three TILE x TILE arrays) fit in L2 next to its q, k, v rows; BLAS runs well on
+# products of this size with hs = 32 (see BENCHMARKS.md).
+TILE = 128
+
+# exp(x) for float32 x <= 0 as 2^n 2^f, t = x log2(e) = n + f, |f| <= 1/2:
+# 2^f by its Taylor polynomial in f ln 2 (degree 6: relative error below 3e-7),
+# 2^n by writing n + 127 into a float32's exponent bits. Below 2^-126 it gives 0.
+_LOG2E = np.float32(1.4426950408889634)
+_C0, _C1, _C2, _C3, _C4, _C5, _C6 = (np.float32(math.log(2) ** n / math.factorial(n))
+                                     for n in range(7))  # fmt: skip
+_TINY_EXPONENT = np.float32(-126.0)
+
+
+class Pieces(NamedTuple):
+    """The logits of one attention layer in pieces that give any tile (module docstring)."""
+
+    q: np.ndarray  # (B,H,T,D) dot-product features of the rows (D may be 0)
+    k: np.ndarray  # (B,H,T,D) of the columns (may be a read-only broadcast)
+    table: np.ndarray  # (H,T,T) logits that are parameters, or (H,0,0)
+    A: np.ndarray  # (B,H,T,a) factorized Dense, or (B,H,T,0)
+    Bt: np.ndarray  # (B,H,T,b) factorized Dense, or (B,H,T,0)
+
+
+# --------------------------------------------------------------------- kernels
+@jit(**JIT_OPTS)
+def _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1):
+    """S (i1-i0, j1-j0): the logits of rows i0:i1 against columns j0:j1, head h, batch row b."""
+    ni, nj = i1 - i0, j1 - j0
+    if q.shape[3] > 0:
+        # q_i . k_j: one BLAS product (contiguous copies of the two tiles' rows)
+        S = np.dot(np.ascontiguousarray(q[b, h, i0:i1]), np.ascontiguousarray(k[b, h, j0:j1]).T)
+    else:
+        S = np.zeros((ni, nj), dtype=q.dtype)
+    if table.shape[1] > 0:
+        for ii in range(ni):
+            for jj in range(nj):
+                S[ii, jj] += table[h, i0 + ii, j0 + jj]
+    a = A.shape[3]
+    if a > 0:
+        for ii in range(ni):
+            for jj in range(nj):
+                j = j0 + jj
+                S[ii, jj] += A[b, h, i0 + ii, j % a] * Bt[b, h, i0 + ii, j // a]
+    return S
+
+
+@jit(**JIT_OPTS)
+def _exp_rows(S, shift, i0, j0, causal, bits):
+    """In place: S[ii, jj] = exp(S[ii, jj] - shift[ii]), 0 where row i0+ii may not see
+    column j0+jj (causal). Returns the row sums (ni,). ``bits`` (int32, >= nj) is
+    scratch; float32 logits take the vectorised polynomial, float64 libm's exp."""
+    ni, nj = S.shape
+    sums = np.zeros(ni, dtype=np.float64)
+    scale = bits.view(np.float32)  # 2^n, written as exponent bits
+    for ii in range(ni):
+        seen = min(nj, i0 + ii - j0 + 1) if causal else nj  # columns this row may see
+        seen = max(seen, 0)
+        m = shift[ii]
+        total = 0.0
+        if S.itemsize == 4:  # float32
+            for jj in range(seen):
+                t = max((S[ii, jj] - m) * _LOG2E, _TINY_EXPONENT)
+                n = np.floor(t + np.float32(0.5))
+                f = t - n
+                S[ii, jj] = _C0 + f * (
+                    _C1 + f * (_C2 + f * (_C3 + f * (_C4 + f * (_C5 + f * _C6))))
+                )
+                bits[jj] = (np.int32(n) + np.int32(127)) << np.int32(23)
+            for jj in range(seen):
+                e = S[ii, jj] * scale[jj]
+                S[ii, jj] = e
+                total += e
+        else:
+            for jj in range(seen):
+                e = math.exp(S[ii, jj] - m)
+                S[ii, jj] = e
+                total += e
+        for jj in range(seen, nj):
+            S[ii, jj] = 0.0
+        sums[ii] = total
+    return sums
+
+
+@jit(**JIT_OPTS)
+def _forward_heads(q, k, v, table, A, Bt, causal, h0, h1, o, lse):
+    """o[:, h0:h1] (B,.,T,hs) and lse[:, h0:h1] (B,.,T): the online softmax, tile by tile."""
+    B, _, T, hs = v.shape
+    bits = np.empty(TILE, dtype=np.int32)
+    for h in range(h0, h1):
+        for b in range(B):
+            for i0 in range(0, T, TILE):
+                i1 = min(i0 + TILE, T)
+                ni = i1 - i0
+                m = np.full(ni, -np.inf, dtype=v.dtype)  # running row maxima
+                l = np.zeros(ni, dtype=np.float64)  # running sums of exp(S - m)
+                acc = np.zeros((ni, hs), dtype=v.dtype)  # running sum of exp(S - m) v
+                end = i1 if causal else T  # key tiles past the diagonal are never visited
+                for j0 in range(0, end, TILE):
+                    j1 = min(j0 + TILE, end)
+                    S = _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1)  # (ni,nj)
+                    m_new = np.empty(ni, dtype=v.dtype)
+                    for ii in range(ni):
+                        seen = min(j1 - j0, i0 + ii - j0 + 1) if causal else j1 - j0
+                        top = m[ii]
+                        for jj in range(seen):
+                            top = max(top, S[ii, jj])
+                        m_new[ii] = top
+                    sums = _exp_rows(S, m_new, i0, j0, causal, bits)  # S now exp(S - m_new)
+                    for ii in range(ni):
+                        rescale = math.exp(m[ii] - m_new[ii])  # 0 on the first tile
+                        l[ii] = l[ii] * rescale + sums[ii]
+                        for d in range(hs):
+                            acc[ii, d] *= rescale
+                        m[ii] = m_new[ii]
+                    acc += np.dot(S, np.ascontiguousarray(v[b, h, j0:j1]))
+                for ii in range(ni):
+                    inv = 1.0 / l[ii]
+                    for d in range(hs):
+                        o[b, h, i0 + ii, d] = acc[ii, d] * inv
+                    lse[b, h, i0 + ii] = m[ii] + math.log(l[ii])
+
+
+@jit(**JIT_OPTS)
+def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
+                    dq, dk, dv, dtable, dA, dBt):  # fmt: skip
+    """Gradients of heads h0:h1, P recomputed tile by tile from lse (module docstring)."""
+    B, _, T, hs = v.shape
+    D, a = q.shape[3], A.shape[3]
+    bits = np.empty(TILE, dtype=np.int32)
+    for h in range(h0, h1):
+        for b in range(B):
+            for i0 in range(0, T, TILE):
+                i1 = min(i0 + TILE, T)
+                ni = i1 - i0
+                q_rows = np.ascontiguousarray(q[b, h, i0:i1])  # (ni,D)
+                do_rows = np.ascontiguousarray(do[b, h, i0:i1])  # (ni,hs)
+                dq_rows = np.zeros((ni, D), dtype=q.dtype)  # (ni,D)
+                end = i1 if causal else T
+                for j0 in range(0, end, TILE):
+                    j1 = min(j0 + TILE, end)
+                    S = _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1)  # (ni,nj)
+                    _exp_rows(S, lse[b, h, i0:i1], i0, j0, causal, bits)  # S is now P
+                    v_cols = np.ascontiguousarray(v[b, h, j0:j1])  # (nj,hs)
+                    # o = P v:  dP = do v^T,  dv = P^T do
+                    dS = np.dot(do_rows, v_cols.T)  # (ni,nj) dP for now
+                    dv[b, h, j0:j1] += np.dot(S.T, do_rows)
+                    # P = softmax(S):  dS = P (dP - Delta)
+                    for ii in range(ni):
+                        for jj in range(j1 - j0):
+                            dS[ii, jj] = S[ii, jj] * (dS[ii, jj] - delta[b, h, i0 + ii])
+                    if D > 0:  # S = q k^T
+                        k_cols = np.ascontiguousarray(k[b, h, j0:j1])  # (nj,D)
+                        dq_rows += np.dot(dS, k_cols)
+                        dk[b, h, j0:j1] += np.dot(dS.T, q_rows)
+                    if table.shape[1] > 0:  # S = table[h]: its gradient sums over the batch
+                        for ii in range(ni):
+                            for jj in range(j1 - j0):
+                                dtable[h, i0 + ii, j0 + jj] += dS[ii, jj]
+                    if a > 0:  # S[i, j] = A[i, j mod a] Bt[i, j div a]
+                        for ii in range(ni):
+                            i = i0 + ii
+                            for jj in range(j1 - j0):
+                                j = j0 + jj
+                                dA[b, h, i, j % a] += dS[ii, jj] * Bt[b, h, i, j // a]
+                                dBt[b, h, i, j // a] += dS[ii, jj] * A[b, h, i, j % a]
+                dq[b, h, i0:i1] = dq_rows
+
+
+# ------------------------------------------------------------------ wrappers
+def _by_heads(work, H):
+    """Run ``work(h0, h1)`` on shards of the heads, in parallel unless a split is running."""
+    run_sharded(work, H)
+
+
+class TiledGrads(NamedTuple):
+    q: np.ndarray  # (B,H,T,D)
+    k: np.ndarray  # (B,H,T,D) for each batch row (a shared k sums them)
+    v: np.ndarray  # (B,H,T,hs)
+    table: np.ndarray  # (H,T,T) summed over the batch, or (H,0,0)
+    A: np.ndarray  # (B,H,T,a)
+    Bt: np.ndarray  # (B,H,T,b)
+
+
+def full_logits(pieces):
+    """S (B,H,T,T) from its pieces, materialised: for maps and the reference, not training."""
+    q, k, table, A, Bt = pieces
+    B, H, T, _ = q.shape
+    S = q @ k.swapaxes(-1, -2)  # (B,H,T,T)
+    if table.shape[1]:
+        S = S + table  # (B,H,T,T)
+    a = A.shape[3]
+    if a:
+        cols = np.arange(T)
+        S = S + A[..., cols % a] * Bt[..., cols // a]  # (B,H,T,T)
+    return S
+
+
+def _masked(S, causal):
+    if causal:
+        S = np.where(np.tri(S.shape[-1], dtype=bool), S, -np.inf)  # (B,H,T,T)
+    return S
+
+
+def tiled_forward_reference(pieces, v, causal):
+    """:func:`tiled_forward` written with the whole S (B,H,T,T): the kernels' ground truth."""
+    S = _masked(full_logits(pieces), causal)  # (B,H,T,T)
+    top = S.max(axis=-1, keepdims=True)  # (B,H,T,1)
+    e = np.exp(S - top)  # (B,H,T,T)
+    total = e.sum(axis=-1, keepdims=True)  # (B,H,T,1)
+    return (e / total) @ v, (top + np.log(total))[..., 0]  # (B,H,T,hs), (B,H,T)
+
+
+def probabilities(pieces, lse, causal):
+    """P (B,H,T,T) = exp(S - lse), masked: the maps a tiled forward never stored."""
+    return np.exp(_masked(full_logits(pieces), causal) - lse[..., None])  # (B,H,T,T)
+
+
+def tiled_backward_reference(do, o, lse, pieces, v, causal):
+    """:func:`tiled_backward` written with the whole S and P (B,H,T,T)."""
+    q, k, table, A, Bt = pieces
+    P = probabilities(pieces, lse, causal)  # (B,H,T,T)
+    dP = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
+    dS = P * (dP - (do * o).sum(axis=-1, keepdims=True))  # (B,H,T,T)
+    T, a = v.shape[2], A.shape[3]
+    dA, dBt = np.zeros_like(A), np.zeros_like(Bt)  # (B,H,T,a), (B,H,T,b)
+    for j in range(T if a else 0):  # S[i, j] = A[i, j mod a] Bt[i, j div a]
+        dA[..., j % a] += dS[..., j] * Bt[..., j // a]
+        dBt[..., j // a] += dS[..., j] * A[..., j % a]
+    dtable = dS.sum(axis=0) if table.shape[1] else np.zeros_like(table)  # (H,T,T)
+    return TiledGrads(dS @ k, dS.swapaxes(-1, -2) @ q, P.swapaxes(-1, -2) @ do, dtable, dA, dBt)
+
+
+@_falls_back_to(tiled_forward_reference)
+def tiled_forward(pieces, v, causal):
+    """o (B,H,T,hs) = softmax(mask(S)) v and lse (B,H,T), S given by ``pieces``."""
+    B, H, T, hs = v.shape
+    o = np.empty((B, H, T, hs), dtype=v.dtype)  # (B,H,T,hs)
+    lse = np.empty((B, H, T), dtype=v.dtype)  # (B,H,T) log-sum-exp of each row of S
+    q, k, table, A, Bt = pieces
+    _by_heads(lambda h0, h1: _forward_heads(q, k, v, table, A, Bt, bool(causal), h0, h1,
+                                            o, lse), H)  # fmt: skip
+    return o, lse
+
+
+@_falls_back_to(tiled_backward_reference)
+def tiled_backward(do, o, lse, pieces, v, causal):
+    """Gradients of o = softmax(mask(S)) v with respect to the pieces of S and to v."""
+    q, k, table, A, Bt = pieces
+    H = v.shape[1]
+    delta = np.einsum("bhtd,bhtd->bht", do, o)  # (B,H,T) Delta_i = do_i . o_i
+    dq = np.empty(q.shape, dtype=v.dtype)  # (B,H,T,D)
+    dk = np.zeros(q.shape, dtype=v.dtype)  # (B,H,T,D)
+    dv = np.zeros_like(v)  # (B,H,T,hs)
+    dtable = np.zeros(table.shape, dtype=v.dtype)  # (H,T,T) or (H,0,0)
+    dA = np.zeros(A.shape, dtype=v.dtype)  # (B,H,T,a)
+    dBt = np.zeros(Bt.shape, dtype=v.dtype)  # (B,H,T,b)
+    do = np.ascontiguousarray(do)
+    _by_heads(lambda h0, h1: _backward_heads(do, q, k, v, lse, delta, table, A, Bt, bool(causal),
+                                             h0, h1, dq, dk, dv, dtable, dA, dBt), H)  # fmt: skip
+    return TiledGrads(dq, dk, dv, dtable, dA, dBt)
+
+
+# ------------------------------------------------------- the attention layer
+class TiledAttentionCache(NamedTuple):
+    """What a tiled forward keeps: O(T) per row, no (B,H,T,T) array."""
+
+    pieces: Pieces  # the layer's logits in pieces (mixture weights folded in)
+    o: np.ndarray  # (B,H,T,hs) attention output before the heads merge
+    lse: np.ndarray  # (B,H,T) log-sum-exp of each row of the masked logits
+    v: np.ndarray  # (B,H,T,hs)
+    v_cache: layers.LinearCache
+    o_cache: layers.LinearCache
+    component_pieces: tuple  # per component: its LogitPieces, unweighted
+    component_caches: tuple
+    mix_weights: np.ndarray | None  # (H,N) softmax(alpha), None for a single kind
+    causal: bool
+
+    @property
+    def probs(self):
+        """(B,H,T,T) the attention maps, recomputed from the pieces (for plots, not training)."""
+        return probabilities(self.pieces, self.lse, self.causal)
+
+
+def _combine(component_pieces, mix, B, H, T, dtype):
+    """The kernels' :class:`Pieces` of S = sum_n mix_n S_n: features concatenated (each
+    component's queries times its weight), tables summed with their weights, the
+    factorized Dense weight folded into A. Every array C-contiguous, per batch row."""
+    q_parts, k_parts = [], []
+    table = A = Bt = None
+    for n, lp in enumerate(component_pieces):
+        w = None if mix is None else mix[:, n, None, None]  # (H,1,1)
+        if lp.q is not None:
+            D = lp.q.shape[-1]
+            q = np.broadcast_to(lp.q, (B, H, T, D))  # (B,H,T,D) a shared q for every row
+            q_parts.append(q if w is None else q * w)
+            k_parts.append(np.broadcast_to(lp.k, (B, H, T, D)))
+        if lp.table is not None:
+            weighted = lp.table if w is None else lp.table * w  # (H,T,T)
+            table = weighted if table is None else table + weighted
+        if lp.A is not None:
+            A, Bt = (lp.A if w is None else lp.A * w), lp.Bt  # (B,H,T,a), (B,H,T,b)
+    if q_parts:
+        q = np.ascontiguousarray(np.concatenate(q_parts, axis=-1))  # (B,H,T,D)
+        k = np.ascontiguousarray(np.concatenate(k_parts, axis=-1))  # (B,H,T,D)
+    else:
+        q = k = np.zeros((B, H, T, 0), dtype=dtype)
+    table = np.zeros((H, 0, 0), dtype=dtype) if table is None else np.ascontiguousarray(table)
+    if A is None:
+        A = Bt = np.zeros((B, H, T, 0), dtype=dtype)
+    return Pieces(q, k, table, np.ascontiguousarray(A), np.ascontiguousarray(Bt))
+
+
+def attention_forward(layer, x):
+    """:meth:`minisynth.attention.Attention.forward` in tiles: x (B,T,C) -> (y, cache)."""
+    B, T, _ = x.shape
+    p, H = layer.params, layer.H
+    v_flat, v_cache = layer.ops.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
+    v = np.ascontiguousarray(split_heads(v_flat, H))  # (B,H,T,hs)
+    parts, caches = [], []
+    for comp, prefix in zip(layer.components, layer.prefixes, strict=True):
+        lp, c = comp.tile_pieces(layer._component_arrays(comp, prefix), x)
+        parts.append(lp)
+        caches.append(c)
+    mix = layer.ops.softmax_forward(p["alpha"])[0] if layer.mixture else None  # (H,N)
+    pieces = _combine(parts, mix, B, H, T, layer.dtype)
+    o, lse = tiled_forward(pieces, v, layer.causal)  # (B,H,T,hs), (B,H,T)
+    y, o_cache = layer.ops.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
+    cache = TiledAttentionCache(pieces, o, lse, v, v_cache, o_cache, tuple(parts), tuple(caches),
+                                mix, layer.causal)  # fmt: skip
+    return y, cache
+
+
+def attention_backward(layer, dy, cache):
+    """:meth:`minisynth.attention.Attention.backward` in tiles: dy (B,T,C) -> (dx, grads)."""
+    grads = {}
+    H = layer.H
+    # y = o @ Wo + bo
+    do_flat, grads["Wo"], grads["bo"] = layer.ops.linear_backward(dy, cache.o_cache)
+    do = split_heads(do_flat, H)  # (B,H,T,hs)
+    # o = softmax(mask(S)) @ v, S in pieces
+    g = tiled_backward(do, cache.o, cache.lse, cache.pieces, cache.v, cache.causal)
+    # v = x @ Wv + bv
+    dx, grads["Wv"], grads["bv"] = layer.ops.linear_backward(merge_heads(g.v), cache.v_cache)
+    mix = cache.mix_weights  # (H,N) or None
+    dmix = np.zeros((H, len(layer.components)), dtype=layer.dtype)  # (H,N)
+    col = 0  # where the component's features start in the concatenated q and k
+    for n, lp in enumerate(cache.component_pieces):
+        w = None if mix is None else mix[:, n, None, None]  # (H,1,1)
+        d = {}
+        if lp.q is not None:  # S_n = q_n k_n^T, and the kernel's q was w q_n
+            cols = slice(col, col + lp.q.shape[-1])
+            col = cols.stop
+            dq, dk = g.q[..., cols], g.k[..., cols]  # (B,H,T,D) each
+            if w is not None:
+                # sum over b, i, j of dS S_n = sum over b, i of q_n,i . dq_i
+                dmix[:, n] = np.einsum("htd,bhtd->h" if lp.q.ndim == 3 else "bhtd,bhtd->h",
+                                       lp.q, dq)  # fmt: skip
+                dq = dq * w
+            d["q"] = dq if lp.q.ndim == 4 else dq.sum(axis=0)  # shared: summed over the batch
+            d["k"] = dk if lp.k.ndim == 4 else dk.sum(axis=0)
+        if lp.table is not None:  # S_n = table_n
+            if w is not None:
+                dmix[:, n] = np.einsum("htj,htj->h", lp.table, g.table)
+            d["table"] = g.table if w is None else g.table * w  # (H,T,T)
+        if lp.A is not None:  # S_n[i, j] = A[i, j mod a] Bt[i, j div a], the kernel's A was w A
+            if w is not None:
+                dmix[:, n] = np.einsum("bhta,bhta->h", lp.A, g.A)
+            d["A"], d["Bt"] = (g.A if w is None else g.A * w), g.Bt
+        comp, prefix = layer.components[n], layer.prefixes[n]
+        dx_n, comp_grads = comp.tile_backward(LogitPieces(**d), cache.component_caches[n])
+        if dx_n is not None:
+            dx = dx + dx_n
+        layer._add_component_grads(grads, comp, prefix, comp_grads)
+    if mix is not None:
+        # mix = softmax(alpha)
+        grads["alpha"] = layer.ops.softmax_backward(dmix, layers.SoftmaxCache(mix))  # (H,N)
+    return dx, grads
