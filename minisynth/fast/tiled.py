@@ -85,19 +85,39 @@ def _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1):
     if q.shape[3] > 0:
         # q_i . k_j: one BLAS product (contiguous copies of the two tiles' rows)
         S = np.dot(np.ascontiguousarray(q[b, h, i0:i1]), np.ascontiguousarray(k[b, h, j0:j1]).T)
+        if table.shape[1] > 0:
+            for ii in range(ni):
+                S_row, table_row = S[ii], table[h, i0 + ii, j0:j1]  # (nj,) each
+                for jj in range(nj):
+                    S_row[jj] += table_row[jj]
+    elif table.shape[1] > 0:
+        S = np.ascontiguousarray(table[h, i0:i1, j0:j1])  # (ni,nj) a copy
     else:
         S = np.zeros((ni, nj), dtype=q.dtype)
-    if table.shape[1] > 0:
-        for ii in range(ni):
-            for jj in range(nj):
-                S[ii, jj] += table[h, i0 + ii, j0 + jj]
     a = A.shape[3]
     if a > 0:
         for ii in range(ni):
+            A_row, Bt_row, S_row = A[b, h, i0 + ii], Bt[b, h, i0 + ii], S[ii]  # (a,), (b,), (nj,)
             for jj in range(nj):
                 j = j0 + jj
-                S[ii, jj] += A[b, h, i0 + ii, j % a] * Bt[b, h, i0 + ii, j // a]
+                S_row[jj] += A_row[j % a] * Bt_row[j // a]
     return S
+
+
+@jit(**JIT_OPTS)
+def _row_max(row, start, end):
+    """max(start, row[:end]) in 16 lanes: a plain running max (no nnan flag) is not vectorised."""
+    lanes = np.full(16, start, dtype=row.dtype)
+    full = end - end % 16
+    for j0 in range(0, full, 16):
+        for u in range(16):
+            lanes[u] = max(lanes[u], row[j0 + u])
+    top = start
+    for u in range(16):
+        top = max(top, lanes[u])
+    for j in range(full, end):
+        top = max(top, row[j])
+    return top
 
 
 @jit(**JIT_OPTS)
@@ -157,10 +177,7 @@ def _forward_heads(q, k, v, table, A, Bt, causal, h0, h1, o, lse):
                     m_new = np.empty(ni, dtype=v.dtype)
                     for ii in range(ni):
                         seen = min(j1 - j0, i0 + ii - j0 + 1) if causal else j1 - j0
-                        top = m[ii]
-                        for jj in range(seen):
-                            top = max(top, S[ii, jj])
-                        m_new[ii] = top
+                        m_new[ii] = _row_max(S[ii], m[ii], seen)
                     sums = _exp_rows(S, m_new, i0, j0, causal, bits)  # S now exp(S - m_new)
                     for ii in range(ni):
                         rescale = math.exp(m[ii] - m_new[ii])  # 0 on the first tile
@@ -202,16 +219,18 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
                     dv[b, h, j0:j1] += np.dot(S.T, do_rows)
                     # P = softmax(S):  dS = P (dP - Delta)
                     for ii in range(ni):
+                        dS_row, P_row, delta_i = dS[ii], S[ii], delta[b, h, i0 + ii]
                         for jj in range(j1 - j0):
-                            dS[ii, jj] = S[ii, jj] * (dS[ii, jj] - delta[b, h, i0 + ii])
+                            dS_row[jj] = P_row[jj] * (dS_row[jj] - delta_i)
                     if D > 0:  # S = q k^T
                         k_cols = np.ascontiguousarray(k[b, h, j0:j1])  # (nj,D)
                         dq_rows += np.dot(dS, k_cols)
                         dk[b, h, j0:j1] += np.dot(dS.T, q_rows)
                     if table.shape[1] > 0:  # S = table[h]: its gradient sums over the batch
                         for ii in range(ni):
+                            dtable_row, dS_row = dtable[h, i0 + ii, j0:j1], dS[ii]  # (nj,) each
                             for jj in range(j1 - j0):
-                                dtable[h, i0 + ii, j0 + jj] += dS[ii, jj]
+                                dtable_row[jj] += dS_row[jj]
                     if a > 0:  # S[i, j] = A[i, j mod a] Bt[i, j div a]
                         for ii in range(ni):
                             i = i0 + ii

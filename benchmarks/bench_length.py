@@ -1,0 +1,280 @@
+"""Benchmark: attention at length, the Long Range Arena efficiency table in miniature.
+
+Run from the repository root (a script, not a test; about 15 minutes on 2 cores)::
+
+    python benchmarks/bench_length.py [--kinds vanilla,random] [--lengths 256,1024]
+                                      [--markdown BENCHMARKS.md] [--plot benchmarks/length.png]
+
+For every attention kind and sequence length T in 128 ... 4096, at a fixed number
+of tokens per batch (B x T = 4096) on the bench model (d_model 256, 8 heads, 4
+layers, max_len = T), one whole training step (forward, backward, clipping,
+AdamW, as ``minisynth train``) is timed in a fresh process per path:
+
+* ``tiled``: minisynth's fast path with attention in tiles (``tiles="always"``);
+* ``full``: the fast path storing every (B,H,T,T) map (``tiles="never"``), which
+  was the only path before tiles; skipped at T = 4096, where its maps alone would
+  take gigabytes per layer;
+* ``torch``: :mod:`minisynth.torch_model` (eager, vanilla through
+  ``scaled_dot_product_attention``) from the same weights.
+
+Every worker uses 2 threads and the malloc setting of ``minisynth train``. Reported
+per path: the median step time (``--repeats`` steps after one warm-up; fewer at
+the long lengths, see ``REPEATS``), steps per second, and memory: the resident
+memory after the model and optimizer are set up (parameters, AdamW moments) and
+the peak of a step above it (activations, gradients, what the step allocates).
+``minisynth train`` itself takes the tiled path from ``TILED_FROM`` positions on
+(:func:`minisynth.attention.check_tiles`); the ``full`` and ``tiled`` columns
+show why. The log-log slopes of time and step memory against T are fitted by
+least squares over the lengths measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    ROOT,
+    apply_malloc_setting,
+    cpu_model,
+    current_rss_mb,
+    git_state,
+    markdown_table,
+    peak_rss_mb,
+    reply,
+    run_once,
+    worker_env,
+)
+
+TOKENS = 4096  # B x T of every batch
+LENGTHS = (128, 256, 512, 1024, 2048, 4096)
+KINDS = ("vanilla", "dense", "random", "factorized_dense", "factorized_random", "dense+vanilla")
+PATHS = ("tiled", "full", "torch")
+FULL_UP_TO = 2048  # the full path's maps beyond this take gigabytes per layer
+REPEATS = {128: 3, 256: 3, 512: 3, 1024: 3, 2048: 2, 4096: 1}  # timed steps per length
+THREADS = 2
+MARKER = "<!-- bench_length -->"
+
+
+def bench_config(T):
+    from bench_train import BenchConfig
+
+    return BenchConfig("length", 256, 256, 8, 4, T, T, TOKENS // T, KINDS)
+
+
+# --------------------------------------------------------------------------- worker
+def run_worker(spec):
+    """One path, one kind, one length, in this fresh process: warm up, time, measure."""
+    apply_malloc_setting()
+    from bench_train import setup_path
+
+    cfg = bench_config(spec["T"])
+    path = "torch" if spec["path"] == "torch" else "numba"
+    config = {**cfg.__dict__, "kinds": list(cfg.kinds)}
+    step, _, _ = setup_path({"path": path, "threads": THREADS, "config": config,
+                             "kind": spec["kind"]})  # fmt: skip
+    setup_rss = current_rss_mb()
+    step()  # warm-up: Numba kernels load, torch allocates its caches
+    seconds = []
+    for _ in range(spec["repeats"]):
+        time.sleep(0.2)  # idle thread pools stop spinning
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+    reply({"seconds": seconds, "setup_mb": setup_rss, "peak_mb": peak_rss_mb()})
+
+
+def measure(path, kind, T):
+    env = worker_env(threads=THREADS)
+    env["MINISYNTH_TILES"] = {"tiled": "always", "full": "never"}.get(path, "never")
+    env["MINISYNTH_MAX_BYTES"] = str(64 * 2**30)  # Random's R at T = 4096 is 2 GB of weights
+    spec = {"path": path, "kind": kind, "T": T, "repeats": REPEATS[T]}
+    answer = run_once([sys.executable, __file__, "--worker", json.dumps(spec)], env=env)
+    seconds = answer["seconds"]
+    return {"step_ms": 1000 * statistics.median(seconds), "setup_mb": answer["setup_mb"],
+            "step_mb": answer["peak_mb"] - answer["setup_mb"], "repeats": len(seconds)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- report
+def slope(lengths, values):
+    """Least-squares slope of log(value) against log(T)."""
+    xs = [math.log(t) for t in lengths]
+    ys = [math.log(max(v, 1e-9)) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def _cell(results, path, kind, T, field):
+    return results.get(f"{path}|{kind}|{T}", {}).get(field)
+
+
+def tables(results, kinds, lengths):
+    """The efficiency tables (markdown) and the slopes."""
+    out = []
+    for field, title, fmt in (
+        ("step_ms", "Steps per second (relative to vanilla on the same path)", "speed"),
+        ("step_mb", "Peak memory of a step above the set-up model, MB (relative to vanilla)",
+         "mem"),
+        ("setup_mb", "Resident memory after set-up (weights, AdamW moments, libraries), MB",
+         "plain"),
+    ):  # fmt: skip
+        header = ["kind", "path"] + [f"T={T}" for T in lengths]
+        rows = []
+        for kind in kinds:
+            for path in PATHS:
+                cells = []
+                for T in lengths:
+                    value = _cell(results, path, kind, T, field)
+                    base = _cell(results, path, "vanilla", T, field)
+                    if value is None:
+                        cells.append("n/a")
+                    elif fmt == "speed":
+                        rel = f" ({base / value:.2f}x)" if base else ""
+                        cells.append(f"{1000 / value:.2f}{rel}")
+                    elif fmt == "mem":
+                        rel = f" ({value / base:.2f}x)" if base and kind != "vanilla" else ""
+                        cells.append(f"{value:,.0f}{rel}")
+                    else:
+                        cells.append(f"{value:,.0f}")
+                rows.append([kind, path] + cells)
+        out.append(
+            f"#### {title}\n\n" + markdown_table(header, rows, ["", ""] + [">"] * len(lengths))
+        )
+    # ratios to torch
+    header = ["kind"] + [f"T={T}" for T in lengths]
+    rows = []
+    for kind in kinds:
+        cells = []
+        for T in lengths:
+            ours = _cell(results, "tiled" if T >= TILED_FROM else "full", kind, T, "step_ms")
+            theirs = _cell(results, "torch", kind, T, "step_ms")
+            cells.append(f"{ours / theirs:.2f}" if ours and theirs else "n/a")
+        rows.append([kind] + cells)
+    out.append("#### minisynth's step time over PyTorch's (the path `minisynth train` takes: "
+               f"full below T = {TILED_FROM}, tiles from there)\n\n"
+               + markdown_table(header, rows, [""] + [">"] * len(lengths)))  # fmt: skip
+    header = ["kind", "path", "time slope", "step-memory slope"]
+    rows = []
+    for kind in kinds:
+        for path in PATHS:
+            Ts = [T for T in lengths if _cell(results, path, kind, T, "step_ms")]
+            if len(Ts) >= 2:
+                times = [_cell(results, path, kind, T, "step_ms") for T in Ts]
+                memory = [max(_cell(results, path, kind, T, "step_mb"), 1) for T in Ts]
+                rows.append([kind, path, f"{slope(Ts, times):.2f}", f"{slope(Ts, memory):.2f}"])
+    out.append("#### Log-log slopes against T (B x T fixed: 0 is flat, 1 is linear in T)\n\n"
+               + markdown_table(header, rows, ["", "", ">", ">"]))  # fmt: skip
+    return "\n\n".join(out)
+
+
+def plot(results, kinds, lengths, path_png):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"tiled": "-", "full": ":", "torch": "--"}
+    colors = dict(zip(kinds, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for kind in kinds:
+        for path in PATHS:
+            Ts = [T for T in lengths if _cell(results, path, kind, T, "step_ms")]
+            if not Ts:
+                continue
+            label = f"{kind} ({path})"
+            axes[0].plot(Ts, [_cell(results, path, kind, T, "step_ms") for T in Ts],
+                         styles[path], color=colors[kind], marker="o", label=label)  # fmt: skip
+            axes[1].plot(Ts, [max(_cell(results, path, kind, T, "step_mb"), 1) for T in Ts],
+                         styles[path], color=colors[kind], marker="o", label=label)  # fmt: skip
+    for ax, title in zip(axes, ("training step, ms", "peak step memory above set-up, MB"),
+                         strict=True):  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"sequence length T (B x T = {TOKENS})")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=6, ncol=2)
+    fig.suptitle("minisynth tiled (solid), minisynth full maps (dotted), PyTorch (dashed)")
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=110)
+    plt.close(fig)
+
+
+def write_section(markdown_path, section):
+    """Replace the section between the two markers in ``markdown_path`` (or append it)."""
+    text = markdown_path.read_text() if markdown_path.exists() else ""
+    block = f"{MARKER}\n{section.strip()}\n{MARKER}\n"
+    if text.count(MARKER) == 2:
+        start, end = text.index(MARKER), text.rindex(MARKER) + len(MARKER) + 1
+        text = text[:start] + block + text[end:]
+    else:
+        text = text.rstrip() + "\n\n" + block
+    markdown_path.write_text(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "length.json",
+                        help="raw results (read back with --report-only)")  # fmt: skip
+    parser.add_argument("--report-only", action="store_true", help="tables from --json, no runs")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the section here")
+    parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "length.png")
+    args = parser.parse_args(argv)
+    if args.worker:
+        run_worker(json.loads(args.worker))
+        return 0
+    kinds = args.kinds.split(",")
+    lengths = [int(t) for t in args.lengths.split(",")]
+    results = json.loads(args.json.read_text()) if args.json.exists() else {}
+    started = time.time()
+    if not args.report_only:
+        for T in lengths:
+            for kind in kinds:
+                for path in PATHS:
+                    if path == "full" and T > FULL_UP_TO:
+                        continue
+                    r = measure(path, kind, T)
+                    results[f"{path}|{kind}|{T}"] = r
+                    print(f"T={T:5d} {kind:18s} {path:6s} {r['step_ms']:9.1f} ms  "
+                          f"step {r['step_mb']:8.0f} MB  set-up {r['setup_mb']:7.0f} MB",
+                          flush=True)  # fmt: skip
+                    args.json.write_text(json.dumps(results, indent=1))
+    section = "\n\n".join(
+        [
+            "## Attention at length: the efficiency table (issue 29)",
+            f"Command: `python benchmarks/bench_length.py --markdown BENCHMARKS.md` "
+            f"({cpu_model()}, {THREADS} threads, minisynth {git_state()}; "
+            f"{(time.time() - started) / 60:.0f} min). Bench model (d_model 256, 8 heads, "
+            "4 layers, "
+            f"max_len = T), B x T = {TOKENS} tokens per batch, float32, one training step "
+            "(forward, backward, clip, AdamW); median of "
+            + ", ".join(f"{n} at T={T}" for T, n in REPEATS.items() if T in lengths)
+            + " step(s) after one warm-up: the long lengths take fewer repeats.",
+            tables(results, kinds, lengths),
+            "![time and memory against T](benchmarks/length.png)",
+        ]
+    )
+    if args.plot:
+        plot(results, kinds, lengths, args.plot)
+    print(section)
+    if args.markdown:
+        write_section(args.markdown, section)
+    return 0
+
+
+from minisynth.attention import TILED_FROM  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
