@@ -118,6 +118,11 @@ def check_tiles(tiles=None):
     return tiles
 
 
+def takes_tiles(T, tiles, backend):
+    """Whether a layer of ``backend`` set to ``tiles`` computes T positions in tiles."""
+    return backend == "numba" and (tiles == "always" or (tiles == "auto" and T >= TILED_FROM))
+
+
 # ------------------------------------------------------------- logit components
 class Component:
     """One source of attention logits. Subclasses define the kind's parameters and math.
@@ -714,9 +719,7 @@ class Attention:
 
     def uses_tiles(self, T):
         """Whether a forward pass over T positions takes the tiled path (:func:`check_tiles`)."""
-        if self.backend != "numba" or self.tiles == "never":
-            return False
-        return self.tiles == "always" or T >= TILED_FROM
+        return takes_tiles(T, self.tiles, self.backend)
 
     def __repr__(self):
         return (

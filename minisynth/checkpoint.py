@@ -173,7 +173,7 @@ def read_checkpoint(path):
         ) from None
 
 
-def load_checkpoint(path, *, dtype=np.float32, backend="numpy"):
+def load_checkpoint(path, *, dtype=np.float32, backend="numpy", tiles=None):
     """(model, checkpoint dict) from a checkpoint file or a run directory; raises
     CheckpointError naming any problem. ``backend``: the model's (see
     :mod:`minisynth.backend`)."""
@@ -183,7 +183,7 @@ def load_checkpoint(path, *, dtype=np.float32, backend="numpy"):
         config = ModelConfig.from_json(str(data["config"]))
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {err}") from None
-    model = SynthesizerLM(config, dtype=dtype, backend=backend)
+    model = SynthesizerLM(config, dtype=dtype, backend=backend, tiles=tiles)
     params = {k: data[k] for k in model.params if k in data}
     buffers = {k: data[k] for k in model.buffers if k in data}
     missing = [k for k in list(model.params) + list(model.buffers) if k not in data]

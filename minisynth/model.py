@@ -196,15 +196,19 @@ class SynthesizerLM:
     ``"numpy"`` (the default) calls the reference functions of
     :mod:`minisynth.layers`, ``"numba"`` their fast twins; ``model.ops`` holds
     them (see :mod:`minisynth.backend`). Both give the same numbers to rounding.
+    ``tiles`` (``"auto"``, ``"always"``, ``"never"``; None: ``$MINISYNTH_TILES``,
+    else ``"auto"``): when the fast path computes attention in tiles, never storing
+    a (B,H,T,T) map (:func:`minisynth.attention.check_tiles`).
     """
 
-    def __init__(self, config, seed=0, dtype=np.float32, backend="numpy"):
+    def __init__(self, config, seed=0, dtype=np.float32, backend="numpy", tiles=None):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         if np.dtype(dtype) not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
         check_model_size(config, dtype)  # before anything is allocated
         self.ops = operations(backend)  # minisynth.layers, or minisynth.fast.ops
+        tiles = attention.check_tiles(tiles)
         self.config = config
         self.dtype = np.dtype(dtype)
         cfg = config
@@ -227,6 +231,7 @@ class SynthesizerLM:
                 seed=int(rng.integers(2**31)),
                 dtype=self.dtype,
                 backend=backend_of(self.ops),
+                tiles=tiles,
                 **cfg.attention_options,
             )
             self.attn.append(layer)
@@ -249,6 +254,18 @@ class SynthesizerLM:
     def backend(self):
         """``"numpy"`` (the reference) or ``"numba"``: what computes this model."""
         return backend_of(self.ops)
+
+    @property
+    def tiles(self):
+        """When the fast path computes attention in tiles: ``"auto"``, ``"always"`` or
+        ``"never"`` (:func:`minisynth.attention.check_tiles`); settable."""
+        return self.attn[0].tiles if self.attn else attention.check_tiles("auto")
+
+    @tiles.setter
+    def tiles(self, tiles):
+        tiles = attention.check_tiles(tiles)
+        for layer in self.attn:
+            layer.tiles = tiles
 
     def __repr__(self):
         return (

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm  # a widget in notebooks, a text bar in terminals
 
 from . import checkpoint as ckpt
 from . import fast
+from .attention import check_tiles, takes_tiles
 from .backend import check_backend
 from .data import (
     canonical_data_spec,
@@ -284,6 +285,7 @@ def train(
     device="auto",
     bf16=False,
     compile=False,
+    tiles=None,
 ):
     """Train and return a summary dict (final val BPC, wall time, sample, paths).
 
@@ -301,7 +303,9 @@ def train(
     the fast path, or ``"numpy"``, the reference; see :mod:`minisynth.backend`); or
     ``"torch"``, the PyTorch twin (:mod:`minisynth.torch_engine`, the ``torch`` extra)
     on ``device`` (``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``), optionally with bfloat16
-    autocast (``bf16``) and ``torch.compile`` (``compile``). Everything else is
+    autocast (``bf16``) and ``torch.compile`` (``compile``). ``tiles``: when the
+    fast path computes attention in tiles (:func:`minisynth.attention.check_tiles`;
+    None: ``$MINISYNTH_TILES``, else ``"auto"``). Everything else is
     the same loop: data, batches, schedule, clipping, evaluation, metrics, checkpoints
     and the run folder's rules; a run may continue on either engine.
     """
@@ -313,7 +317,9 @@ def train(
             raise ValueError("--bf16 and --compile are options of --engine torch")
         if launched_by_torchrun():
             raise ValueError("several processes (torchrun) train with --engine torch only")
-        run = _open_run(model_config, train_config, Path(out_dir), resume, force, log, backend)
+        run = _open_run(
+            model_config, train_config, Path(out_dir), resume, force, log, backend, tiles=tiles
+        )
         with run:  # the run folder's lock, until the end however it ends
             return _train_loop(run, NumpyEngine(run), progress, log, stop_after)
     torch_engine = _torch_engine_module()
@@ -472,7 +478,8 @@ class _Run:
         self.lock.release()
 
 
-def _open_run(model_config, train_config, out, resume, force, log, backend, step_memory=True):
+def _open_run(model_config, train_config, out, resume, force, log, backend, step_memory=True,
+              tiles=None):  # fmt: skip
     """Lock the run folder, check the request, load the data and the model (fresh or
     resumed): a :class:`_Run`. A refusal unlocks and changes nothing."""
     if out.exists() and not out.is_dir():
@@ -482,7 +489,7 @@ def _open_run(model_config, train_config, out, resume, force, log, backend, step
     lock = RunLock(out).acquire()
     try:
         return _open_locked_run(model_config, train_config, out, resume, force, log, backend,
-                                lock, step_memory)  # fmt: skip
+                                lock, step_memory, check_tiles(tiles))  # fmt: skip
     except BaseException:
         lock.release()
         if created:  # leave no trace of a refused run: the folder held nothing before
@@ -502,7 +509,7 @@ def _holds_run(checkpoint, metrics):
 
 
 def _open_locked_run(model_config, train_config, out, resume, force, log, backend, lock,
-                     step_memory):  # fmt: skip
+                     step_memory, tiles):  # fmt: skip
     checkpoint, metrics = out / CHECKPOINT_NAME, out / METRICS_NAME
     if not resume and not force:
         held = _holds_run(checkpoint, metrics)
@@ -514,7 +521,8 @@ def _open_locked_run(model_config, train_config, out, resume, force, log, backen
     # a file path is saved absolute, so that a run resumes from any working directory
     settings = dataclasses.replace(train_config, data=canonical_data_spec(train_config.data))
     if step_memory:  # before any array is allocated
-        check_step_memory(model_config, settings)
+        tiled = takes_tiles(model_config.max_len, tiles, backend)
+        check_step_memory(model_config, settings, tiled)
     else:  # the torch engine: its steps' memory is PyTorch's, on its device
         check_model_size(model_config)
     saved = _resumed_checkpoint(checkpoint, model_config, settings, backend) if resume else None
@@ -531,6 +539,7 @@ def _open_locked_run(model_config, train_config, out, resume, force, log, backen
     else:
         model = SynthesizerLM(model_config, seed=settings.seed, backend=backend)
         rng, start = np.random.default_rng(settings.seed), 0
+    model.tiles = tiles
     optimizer = run_optimizer(model, settings, backend)
     if resume:
         if ckpt.optimizer_state(data):
@@ -610,16 +619,19 @@ def _checked_data(settings, model_config, saved):
     return splits, description, fingerprint
 
 
-def check_step_memory(model_config, settings):
+def check_step_memory(model_config, settings, tiled=False):
     """Refuse, before anything is allocated, a run whose training step would need more than
     :func:`~minisynth.model.memory_limit` bytes: the parameters with their gradients and
-    AdamW moments, the batch, and an estimate of the activations a step keeps (float32)."""
+    AdamW moments, the batch, and an estimate of the activations a step keeps (float32;
+    ``tiled``: attention in tiles, no (B,H,T,T) map)."""
     params = check_model_size(model_config)  # the model alone, and its own message
     B, T, C = settings.batch_size, model_config.max_len, model_config.d_model
     H, V = model_config.n_heads, model_config.vocab_size
     # per position: ~30 (B,T,C)-sized arrays per block (norms, q k v, MLP at 4C, their
-    # gradients), ~3 (B,H,T,T) attention maps per block, the logits and their softmax
-    per_position = model_config.n_layers * (30 * C + 3 * H * T) + 3 * V
+    # gradients), ~3 (B,H,T,T) attention maps per block unless tiled, the logits and
+    # their softmax
+    maps = 0 if tiled else 3 * H * T
+    per_position = model_config.n_layers * (30 * C + maps) + 3 * V
     step = 4 * params + 4 * B * T * per_position + 16 * B * T
     limit = memory_limit()
     if step > limit:

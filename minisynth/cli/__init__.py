@@ -42,6 +42,7 @@ def cmd_train(args):
             device=args.device,
             bf16=args.bf16,
             compile=args.compile,
+            tiles=args.tiles,
         )
     except RunConflict as err:
         if not err.differences:
@@ -115,7 +116,7 @@ def cmd_eval(args):
     from ..data import load_data
     from ..train import evaluate
 
-    model, _ = load_checkpoint(args.checkpoint, backend=args.backend)
+    model, _ = load_checkpoint(args.checkpoint, backend=args.backend, tiles=args.tiles)
     _check_bytes_model(model, args.checkpoint)
     splits, description = load_data(args.data)
     bpc = evaluate(model, splits[args.split], batch_size=args.batch_size)

@@ -14,6 +14,7 @@ import dataclasses
 import json
 
 from .. import __version__
+from ..attention import TILED_FROM
 from ..backend import BACKENDS
 
 
@@ -141,6 +142,11 @@ BACKEND = (("--backend",), dict(
     help="the code that computes the model: numba (the fast path: Numba kernels, the batch split "
     "over the cores) or numpy (the reference, as written in minisynth.layers; slower, the same "
     "numbers to rounding) (default: %(default)s)"))  # fmt: skip
+TILES = (("--tiles",), dict(
+    choices=("auto", "always", "never"), default=None,
+    help="when the numba backend computes attention in tiles, never storing a T x T map: "
+    f"auto (from max_len {TILED_FROM} on), always or never (default: $MINISYNTH_TILES, "
+    "else auto)"))  # fmt: skip
 ENGINE = [
     (
         ("--engine",),
@@ -205,7 +211,7 @@ COMMANDS = {
           (("--force",), dict(action="store_true", help="start over even if --out holds a run, "
                               "deleting its checkpoint and metrics (default: off: such a run is "
                               "refused)"))],
-         QUIET, BACKEND, *ENGINE],
+         QUIET, BACKEND, TILES, *ENGINE],
     ),
     "eval": (
         "bits per character of a checkpoint on a split",
@@ -219,7 +225,7 @@ COMMANDS = {
          (("--batch-size",), dict(type=positive_int, default=32, help="windows of max_len bytes "
                                   "per forward pass; changes speed, not the result "
                                   "(default: %(default)s)")),
-         BACKEND],
+         BACKEND, TILES],
     ),
     "sample": (
         "generate text from a checkpoint",
