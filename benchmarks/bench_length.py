@@ -113,8 +113,27 @@ def slope(lengths, values):
     )
 
 
+def parameter_count(kind, T):
+    """Trainable parameters of the bench model of ``kind`` at max_len T."""
+    from minisynth.model import ModelConfig, parameter_shapes
+
+    params, _ = parameter_shapes(ModelConfig(**bench_config(T).model_kwargs(kind)))
+    return sum(math.prod(shape) for shape in params.values())
+
+
+PARAMETER_STATE_BYTES = 12  # float32 gradient and two AdamW moments, per parameter
+
+
 def _cell(results, path, kind, T, field):
-    return results.get(f"{path}|{kind}|{T}", {}).get(field)
+    record = results.get(f"{path}|{kind}|{T}")
+    if record is None:
+        return None
+    if field == "activation_mb":  # the step's memory less its parameter-sized state
+        state = PARAMETER_STATE_BYTES * parameter_count(kind, T) / 2**20
+        return max(record["step_mb"] - state, 0.0)
+    if field == "params_m":
+        return parameter_count(kind, T) / 1e6
+    return record.get(field)
 
 
 def tables(results, kinds, lengths):
@@ -124,13 +143,15 @@ def tables(results, kinds, lengths):
         ("step_ms", "Steps per second (relative to vanilla on the same path)", "speed"),
         ("step_mb", "Peak memory of a step above the set-up model, MB (relative to vanilla)",
          "mem"),
-        ("setup_mb", "Resident memory after set-up (weights, AdamW moments, libraries), MB",
-         "plain"),
+        ("activation_mb", "Activations, MB: the step's peak less 12 bytes per parameter "
+         "(its gradient and two AdamW moments, first written in the step)", "mem"),
+        ("setup_mb", "Resident memory after set-up (weights and libraries), MB", "plain"),
+        ("params_m", "Parameters (millions)", "plain"),
     ):  # fmt: skip
         header = ["kind", "path"] + [f"T={T}" for T in lengths]
         rows = []
         for kind in kinds:
-            for path in PATHS:
+            for path in ("tiled",) if field == "params_m" else PATHS:
                 cells = []
                 for T in lengths:
                     value = _cell(results, path, kind, T, field)
@@ -143,6 +164,8 @@ def tables(results, kinds, lengths):
                     elif fmt == "mem":
                         rel = f" ({value / base:.2f}x)" if base and kind != "vanilla" else ""
                         cells.append(f"{value:,.0f}{rel}")
+                    elif field == "params_m":
+                        cells.append(f"{value:.2f}")
                     else:
                         cells.append(f"{value:,.0f}")
                 rows.append([kind, path] + cells)
@@ -162,7 +185,7 @@ def tables(results, kinds, lengths):
     out.append("#### minisynth's step time over PyTorch's (the path `minisynth train` takes: "
                f"full below T = {TILED_FROM}, tiles from there)\n\n"
                + markdown_table(header, rows, [""] + [">"] * len(lengths)))  # fmt: skip
-    header = ["kind", "path", "time slope", "step-memory slope"]
+    header = ["kind", "path", "time slope", "step-memory slope", "activation slope"]
     rows = []
     for kind in kinds:
         for path in PATHS:
@@ -170,9 +193,11 @@ def tables(results, kinds, lengths):
             if len(Ts) >= 2:
                 times = [_cell(results, path, kind, T, "step_ms") for T in Ts]
                 memory = [max(_cell(results, path, kind, T, "step_mb"), 1) for T in Ts]
-                rows.append([kind, path, f"{slope(Ts, times):.2f}", f"{slope(Ts, memory):.2f}"])
+                active = [max(_cell(results, path, kind, T, "activation_mb"), 1) for T in Ts]
+                rows.append([kind, path, f"{slope(Ts, times):.2f}", f"{slope(Ts, memory):.2f}",
+                             f"{slope(Ts, active):.2f}"])  # fmt: skip
     out.append("#### Log-log slopes against T (B x T fixed: 0 is flat, 1 is linear in T)\n\n"
-               + markdown_table(header, rows, ["", "", ">", ">"]))  # fmt: skip
+               + markdown_table(header, rows, ["", "", ">", ">", ">"]))  # fmt: skip
     return "\n\n".join(out)
 
 

@@ -665,7 +665,10 @@ class Attention:
 
     ``ops`` holds the layer functions the layer calls: :mod:`minisynth.layers`
     (``backend="numpy"``, the reference) or the fast path's twins (``"numba"``);
-    see :mod:`minisynth.backend`.
+    see :mod:`minisynth.backend`. A ``"numba"`` layer may compute in tiles
+    (``tiles``, :func:`check_tiles`; :mod:`minisynth.fast.tiled`): the same outputs
+    and gradients, from each component's :meth:`Component.tile_pieces`, and a cache
+    that keeps no (B,H,T,T) array (its ``probs`` are recomputed when asked for).
     """
 
     def __init__(

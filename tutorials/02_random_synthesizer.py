@@ -313,7 +313,7 @@ fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 #    like?
 # 2. **Learning rate of R.** Train the toy task with R's learning rate 10x and
 #    0.1x the rest (`AdamW(..., lr_scale=synthetic_logits_lr_scale(10.0))`). How
-#    many steps does each need to reach a loss of 0.1? Tutorial 12 meets the same
+#    many steps does each need to reach a loss of 0.1? Tutorial 13 meets the same
 #    lever in a real model.
 # 3. **Why dR sums over the batch.** Make a batch of B identical examples, push the
 #    same upstream gradient through each, and show that dR is B times the dR of

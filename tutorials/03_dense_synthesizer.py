@@ -129,7 +129,7 @@ except ValueError as err:
     print("ValueError:", err)
 
 # %% [markdown]
-# A language model therefore reads at most L bytes at a time (tutorial 10
+# A language model therefore reads at most L bytes at a time (tutorial 11
 # shows what `SynthesizerLM.generate` does when a window is full). The opposite case, T < L, is
 # fine: the layer uses the first T columns, and the unused columns get no
 # gradient, so they are only trained by batches long enough to reach them.

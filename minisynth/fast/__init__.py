@@ -56,7 +56,8 @@ def loss_and_grads(model, idx, targets):
     for n, shard_loss, shard_grads in rest:
         loss += shard_loss * n / B
         for name, g in shard_grads.items():
-            grads[name] += g * (n / B)
+            g *= n / B  # in place: no temporary as large as the parameter (Random's R)
+            grads[name] += g
     return loss, grads
 
 

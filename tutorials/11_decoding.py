@@ -11,7 +11,7 @@
 #     name: python3
 # ---
 # %% [markdown]
-# # 10 · Incremental decoding, and what each kind must remember
+# # 11 · Incremental decoding, and what each kind must remember
 #
 # A language model writes one byte at a time: it reads the window so far,
 # samples the next byte from the last row of logits, appends it, and goes on.
@@ -239,7 +239,7 @@ ax1.legend(fontsize=8)
 ax2.barh(KINDS, [cache_bytes[k] / 1024 for k in KINDS], color=[f"C{n}" for n in range(len(KINDS))])
 ax2.invert_yaxis()
 ax2.set(title="decoding state for a full window (B=1)", xlabel="KiB")
-path = OUT / "10_decoding.png"
+path = OUT / "11_decoding.png"
 fig.savefig(path, dpi=100)
 print("saved", path)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)

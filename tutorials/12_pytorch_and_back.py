@@ -11,7 +11,7 @@
 #     name: python3
 # ---
 # %% [markdown]
-# # 11 · To PyTorch and back
+# # 12 · To PyTorch and back
 #
 # Two CPU cores are enough to understand a Synthesizer, not to train the
 # paper's models (hundreds of thousands of steps on accelerators). The way out
@@ -68,7 +68,7 @@ except NameError:
     HERE = Path.cwd()  # run as a notebook: Jupyter starts in the notebook's folder
 OUT = Path(os.environ.get("MINISYNTH_TUTORIAL_OUT", HERE / "output"))
 OUT.mkdir(parents=True, exist_ok=True)
-WORK = OUT / "11_pytorch_and_back"
+WORK = OUT / "12_pytorch_and_back"
 shutil.rmtree(WORK, ignore_errors=True)  # a fresh start on every run
 
 
@@ -133,7 +133,7 @@ curve = read_metrics(RUN / "metrics.jsonl")  # one record per logged step
 print(
     f"{len(curve)} metrics records, engine {curve[-1]['engine']!r}, last step {curve[-1]['step']}"
 )
-path = curves_for_runs([str(RUN)], str(OUT / "11_curve.png"), log=lambda *a: None)
+path = curves_for_runs([str(RUN)], str(OUT / "12_curve.png"), log=lambda *a: None)
 show_figure(path)
 
 # %% [markdown]
@@ -170,7 +170,7 @@ maps = attention_maps(trained, tokens)  # per layer (H, T, T)
 weights = mixture_weights(trained)  # (n_layers, H, 2): softmax(alpha), dense then vanilla
 path = plot_attention_grid(
     maps,
-    OUT / "11_pytorch_and_back.png",
+    OUT / "12_pytorch_and_back.png",
     tokens=tokens,
     kind=config.attention,
     mix_weights=weights,
@@ -194,7 +194,7 @@ for layer, heads in enumerate(weights):
     print(f"layer {layer}: " + "  ".join(cells))
 path = plot_alpha(
     weights,
-    OUT / "11_mixture_weights.png",
+    OUT / "12_mixture_weights.png",
     components=config.attention.split("+"),
     title=f"softmax(alpha) after {curve[-1]['step']} steps on PyTorch",
 )

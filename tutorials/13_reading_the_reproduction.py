@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 12 · Reading the reproduction: tuning, seeds and what a verdict needs
+# # 13 · Reading the reproduction: tuning, seeds and what a verdict needs
 #
 # `benchmarks/reproduce.py` asks the paper's question in miniature: which attention
 # kinds model character-level enwik8 best, with the same model size, data and token
@@ -151,7 +151,7 @@ print(
     f"the untuned budget (lr 3e-3, x1): {budget(3e-3, 1.0):.2f}; "
     f"the chosen one: {budget(*min(random_points, key=lambda k: random_points[k]['val_bpc'])):.1f}"
 )
-fig.savefig(OUT / "12_random_search.png", dpi=100)
+fig.savefig(OUT / "13_random_search.png", dpi=100)
 fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 
 # %% [markdown]
@@ -182,7 +182,7 @@ for i, kind in enumerate(order):
     ax.hlines(tuned[kind].mean(), i - 0.25, i + 0.25, color="black")
 ax.set_xticks(range(len(order)), order, rotation=20, ha="right")
 ax.set(ylabel="test BPC", title="Tuned kinds, one dot per fresh seed (bar: mean)")
-fig2.savefig(OUT / "12_seeds.png", dpi=100)
+fig2.savefig(OUT / "13_seeds.png", dpi=100)
 fig2  # noqa: B018
 
 # %% [markdown]
@@ -320,7 +320,7 @@ ax.set(xlabel="training seconds (seed 1)", ylabel="validation BPC",
        title="The same runs on a clock")  # fmt: skip
 ax.set_ylim(top=3.6)
 ax.legend()
-fig3.savefig(OUT / "12_wall_time.png", dpi=100)
+fig3.savefig(OUT / "13_wall_time.png", dpi=100)
 fig3  # noqa: B018
 
 # %% [markdown]
