@@ -10,9 +10,18 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from helpers import assert_no_aliasing, assert_unchanged, seeds, snapshot, uniform, upstream
+from helpers import (
+    assert_gradient_close,
+    assert_no_aliasing,
+    assert_unchanged,
+    seeds,
+    snapshot,
+    uniform,
+    upstream,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_attention import keep_relu_away_from_kink
 
 from minisynth import attention, gradcheck
 from minisynth.attention import TILED_FROM, AttentionCache, check_tiles
@@ -66,10 +75,16 @@ def test_tiled_layer_matches_the_reference(kind, dtype, B, H, hs, T, causal, see
     assert_unchanged(before, [x, dy, cache.o, cache.lse, cache.v, *cache.pieces])
     assert_no_aliasing([dx, *grads.values()], [x, dy, *fast.params.values(), *cache.pieces])
     assert set(grads) == set(g_ref)
-    np.testing.assert_allclose(dx, dx_ref, **TOL[dtype])
+    # gradients are sums of up to B T^2 terms: their rounding grows with T and with the
+    # largest gradient, and a gradient that is zero in exact arithmetic (vanilla's bk)
+    # is all rounding
+    scale = max(1.0, T / 16) * max(1.0, np.abs(dx_ref).max(),
+                                   *(np.abs(g).max() for g in g_ref.values()))  # fmt: skip
+    tol = dict(rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
     for name, g in grads.items():
         assert g.dtype == dtype and g.shape == fast.params[name].shape, name
-        np.testing.assert_allclose(g, g_ref[name], **TOL[dtype], err_msg=name)
+        np.testing.assert_allclose(g, g_ref[name], **tol, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", ["dense+random+vanilla", "factorized_dense+factorized_random"])
@@ -78,6 +93,7 @@ def test_tiled_layer_gradients_by_finite_differences(kind):
     ref, fast = layer_pair(kind, 4, 2, tiled.TILE + 5, True, np.float64, 3)
     rng = np.random.default_rng(0)
     x = uniform(rng, (1, tiled.TILE + 5, 4))
+    keep_relu_away_from_kink(fast, x)  # finite differences across ReLU's kink mean nothing
     dy = upstream(rng, x.shape)
     _, cache = fast.forward(x)
     dx, grads = fast.backward(dy, cache)
@@ -87,8 +103,7 @@ def test_tiled_layer_gradients_by_finite_differences(kind):
                    ("R", "R1", "W2", "Wq", "Wa", "Wb")})  # fmt: skip
     for name, array in wanted.items():
         numeric = gradcheck.numerical_gradient_array(lambda: fast.forward(x)[0], array, dy)
-        analytic = dx if name == "x" else grads[name]
-        assert gradcheck.rel_error(analytic, numeric) < 1e-7, name
+        assert_gradient_close(name, dx if name == "x" else grads[name], numeric)
 
 
 def random_pieces(rng, B, H, T, D, a, with_table, dtype):
@@ -134,7 +149,9 @@ def test_float32_exp_is_accurate_over_its_whole_range():
     tiled._exp_rows(S, np.zeros(1, np.float32), 0, 0, False, np.empty(S.shape[1], np.int32))
     exact = np.exp(x.astype(np.float64))
     big = exact > 1e-37
-    np.testing.assert_allclose(S[0][big], exact[big], rtol=1e-6)
+    # the polynomial is good to 3e-7; rounding x log2(e) to float32 adds about 1e-7 |x|
+    relative = np.abs(S[0][big] / exact[big] - 1)
+    assert np.all(relative <= 3e-7 + 2e-7 * np.abs(x[big])), relative.max()
     assert np.all(S[0][~big] < 1e-37) and np.all(S[0] >= 0)
 
 
@@ -235,5 +252,5 @@ def test_a_tiled_model_matches_the_reference_model(kind):
     assert abs(loss - loss_ref) < 1e-12
     for name in g_ref:
         np.testing.assert_allclose(grads[name], g_ref[name], rtol=1e-9, atol=1e-12, err_msg=name)
-    _, cache = fast.forward(idx)
+    _, cache = fast.forward_with_cache(idx)
     assert all(isinstance(b.attn, tiled.TiledAttentionCache) for b in cache.blocks)
