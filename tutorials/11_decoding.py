@@ -110,12 +110,13 @@ print(f"\nL * C * 4 bytes * layers = {cfg.max_len * cfg.d_model * 4 * cfg.n_laye
 # Take a single Dense layer and a prompt of $t$ positions. The next position's
 # logits come from its own input $x_t$ alone; we compute them from the
 # parameters and compare with row $t$ of the layer's full forward pass (whose
-# cache keeps the logits `cache.logits[0]`, (B, H, T, T)).
+# cache keeps the logits `cache.logits[0]`, (B, H, T, T); `tiles="never"`, since a
+# forward in tiles, tutorial 10, keeps no such map).
 
 # %%
 C, H, L, t = 8, 2, 6, 4
 rng = np.random.default_rng(0)
-dense = attention.build("dense", C, H, L, dtype=np.float64, seed=0, backend=BACKEND)
+dense = attention.build("dense", C, H, L, dtype=np.float64, seed=0, backend=BACKEND, tiles="never")
 x = rng.standard_normal((1, t + 1, C))  # (B,t+1,C) the prompt and the new position
 _, cache = dense.forward(x)
 p = dense.params
@@ -123,7 +124,9 @@ hid = layers.relu_forward(x[:, t] @ p["W1"] + p["b1"])[0].reshape(1, H, C // H) 
 row = np.einsum("bhs,hsj->bhj", hid, p["W2"][:, :, : t + 1]) + p["b2"][:, : t + 1]  # (B,H,t+1)
 print("Dense row t by hand vs full forward:", np.abs(row - cache.logits[0][:, :, t]).max())
 
-random_layer = attention.build("random", C, H, L, dtype=np.float64, seed=0, backend=BACKEND)
+random_layer = attention.build(
+    "random", C, H, L, dtype=np.float64, seed=0, backend=BACKEND, tiles="never"
+)
 _, cache = random_layer.forward(x)
 row = random_layer.params["R"][:, t, : t + 1]  # (H,t+1) no input at all
 print("Random row t = R[:, t, :t+1]:", np.array_equal(row, cache.logits[0][:, t]))

@@ -32,7 +32,7 @@ where dP_ij = do_i . v_j. Each tile adds its share to dv (P^T do), dq (dS k), dk
 (dS^T q), dtable (dS, summed over the batch) and dA, dBt.
 
 The products of a tile are BLAS calls (``np.dot`` inside Numba); exp of float32
-logits is a polynomial that LLVM vectorises (:func:`_exp_rows`), float64 calls
+logits is a polynomial that LLVM vectorises (:func:`_exp_row`), float64 calls
 libm. Heads are split over threads (:func:`minisynth.fast.threads.run_sharded`)
 when no batch split is running already: at B = 1 the heads keep both cores busy.
 
@@ -123,40 +123,37 @@ def _row_max(row, start, end):
 
 
 @jit(**JIT_OPTS)
-def _exp_rows(S, shift, i0, j0, causal, bits):
-    """In place: S[ii, jj] = exp(S[ii, jj] - shift[ii]), 0 where row i0+ii may not see
-    column j0+jj (causal). Returns the row sums (ni,). ``bits`` (int32, >= nj) is
-    scratch; float32 logits take the vectorised polynomial, float64 libm's exp."""
-    ni, nj = S.shape
-    sums = np.zeros(ni, dtype=np.float64)
-    scale = bits.view(np.float32)  # 2^n, written as exponent bits
-    for ii in range(ni):
-        seen = min(nj, i0 + ii - j0 + 1) if causal else nj  # columns this row may see
-        seen = max(seen, 0)
-        m = shift[ii]
-        total = 0.0
-        if S.itemsize == 4:  # float32
-            for jj in range(seen):
-                t = max((S[ii, jj] - m) * _LOG2E, _TINY_EXPONENT)
-                n = np.floor(t + np.float32(0.5))
-                f = t - n
-                S[ii, jj] = _C0 + f * (
-                    _C1 + f * (_C2 + f * (_C3 + f * (_C4 + f * (_C5 + f * _C6))))
-                )
-                bits[jj] = (np.int32(n) + np.int32(127)) << np.int32(23)
-            for jj in range(seen):
-                e = S[ii, jj] * scale[jj]
-                S[ii, jj] = e
-                total += e
-        else:
-            for jj in range(seen):
-                e = math.exp(S[ii, jj] - m)
-                S[ii, jj] = e
-                total += e
-        for jj in range(seen, nj):
-            S[ii, jj] = 0.0
-        sums[ii] = total
-    return sums
+def _exp_row(row, m, seen, bits):
+    """In place: row[:seen] = exp(row[:seen] - m), row[seen:] = 0 (columns a causal row may
+    not see); returns the sum. ``bits`` (int32, >= len(row)) is scratch; float32 logits
+    take the vectorised polynomial, float64 libm's exp."""
+    total = 0.0
+    if row.itemsize == 4:  # float32
+        scale = bits.view(np.float32)  # 2^n, written as exponent bits
+        for j in range(seen):
+            t = max((row[j] - m) * _LOG2E, _TINY_EXPONENT)
+            n = np.floor(t + np.float32(0.5))
+            f = t - n
+            row[j] = _C0 + f * (_C1 + f * (_C2 + f * (_C3 + f * (_C4 + f * (_C5 + f * _C6)))))
+            bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+        for j in range(seen):
+            e = row[j] * scale[j]
+            row[j] = e
+            total += e
+    else:
+        for j in range(seen):
+            e = math.exp(row[j] - m)
+            row[j] = e
+            total += e
+    for j in range(seen, len(row)):
+        row[j] = 0.0
+    return total
+
+
+@jit(**JIT_OPTS)
+def _seen(causal, i, j0, nj):
+    """How many of the columns j0 .. j0+nj-1 row i sees (all, unless causal)."""
+    return max(min(nj, i - j0 + 1), 0) if causal else nj
 
 
 @jit(**JIT_OPTS)
@@ -176,17 +173,15 @@ def _forward_heads(q, k, v, table, A, Bt, causal, h0, h1, o, lse):
                 for j0 in range(0, end, TILE):
                     j1 = min(j0 + TILE, end)
                     S = _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1)  # (ni,nj)
-                    m_new = np.empty(ni, dtype=v.dtype)
                     for ii in range(ni):
-                        seen = min(j1 - j0, i0 + ii - j0 + 1) if causal else j1 - j0
-                        m_new[ii] = _row_max(S[ii], m[ii], seen)
-                    sums = _exp_rows(S, m_new, i0, j0, causal, bits)  # S now exp(S - m_new)
-                    for ii in range(ni):
-                        rescale = math.exp(m[ii] - m_new[ii])  # 0 on the first tile
-                        l[ii] = l[ii] * rescale + sums[ii]
+                        seen = _seen(causal, i0 + ii, j0, j1 - j0)
+                        m_new = _row_max(S[ii], m[ii], seen)
+                        total = _exp_row(S[ii], m_new, seen, bits)  # S[ii] = exp(S[ii] - m_new)
+                        rescale = math.exp(m[ii] - m_new)  # 0 on the first tile
+                        l[ii] = l[ii] * rescale + total
                         for d in range(hs):
                             acc[ii, d] *= rescale
-                        m[ii] = m_new[ii]
+                        m[ii] = m_new
                     acc += np.dot(S, np.ascontiguousarray(v[b, h, j0:j1]))
                 for ii in range(ni):
                     inv = 1.0 / l[ii]
@@ -214,16 +209,18 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
                 for j0 in range(0, end, TILE):
                     j1 = min(j0 + TILE, end)
                     S = _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1)  # (ni,nj)
-                    _exp_rows(S, lse[b, h, i0:i1], i0, j0, causal, bits)  # S is now P
                     v_cols = np.ascontiguousarray(v[b, h, j0:j1])  # (nj,hs)
-                    # o = P v:  dP = do v^T,  dv = P^T do
+                    # o = P v:  dP = do v^T
                     dS = np.dot(do_rows, v_cols.T)  # (ni,nj) dP for now
-                    dv[b, h, j0:j1] += np.dot(S.T, do_rows)
-                    # P = softmax(S):  dS = P (dP - Delta)
                     for ii in range(ni):
-                        dS_row, P_row, delta_i = dS[ii], S[ii], delta[b, h, i0 + ii]
+                        # P = exp(S - lse), the forward's probabilities (S becomes P)
+                        P_row, dS_row, delta_i = S[ii], dS[ii], delta[b, h, i0 + ii]
+                        _exp_row(P_row, lse[b, h, i0 + ii], _seen(causal, i0 + ii, j0, j1 - j0),
+                                 bits)  # fmt: skip
+                        # P = softmax(S):  dS = P (dP - Delta)
                         for jj in range(j1 - j0):
                             dS_row[jj] = P_row[jj] * (dS_row[jj] - delta_i)
+                    dv[b, h, j0:j1] += np.dot(S.T, do_rows)  # dv = P^T do
                     if D > 0:  # S = q k^T
                         k_cols = np.ascontiguousarray(k[b, h, j0:j1])  # (nj,D)
                         dq_rows += np.dot(dS, k_cols)
