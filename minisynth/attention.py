@@ -219,8 +219,9 @@ class Vanilla(Component):
         q_flat, q_cache = self.ops.linear_forward(x, p["Wq"], p["bq"])  # (B,T,C)
         k_flat, k_cache = self.ops.linear_forward(x, p["Wk"], p["bk"])  # (B,T,C)
         scale = 1.0 / math.sqrt(self.hs)
-        q_scaled = split_heads(q_flat, self.H) * scale  # (B,H,T,hs) q / sqrt(hs)
-        k = split_heads(k_flat, self.H)  # (B,H,T,hs)
+        # C-contiguous (B,H,T,hs): the tiled path reads them as they are, without a copy
+        q_scaled = np.multiply(split_heads(q_flat, self.H), scale, order="C")  # q / sqrt(hs)
+        k = np.ascontiguousarray(split_heads(k_flat, self.H))  # (B,H,T,hs)
         return LogitPieces(q=q_scaled, k=k), (q_scaled, k, q_cache, k_cache, scale)
 
     def tile_backward(self, d, cache):

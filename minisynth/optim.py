@@ -267,6 +267,20 @@ class AdamW:
 
 
 # -------------------------------------------------------------------------- clipping
+SQUARES_CHUNK = 1 << 16  # elements converted to float64 at a time (512 KiB: stays in cache)
+
+
+def _sum_of_squares(g):
+    """sum(g**2) accumulated in float64, a chunk at a time: no float64 copy of a large
+    gradient (Random's R) is ever made whole."""
+    flat = g.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, SQUARES_CHUNK):
+        chunk = flat[start : start + SQUARES_CHUNK].astype(np.float64)
+        total += float(chunk @ chunk)
+    return total
+
+
 def clip_grad_norm(grads, max_norm):
     """Clip gradients by their global L2 norm, in place; return the norm before clipping.
 
@@ -279,10 +293,7 @@ def clip_grad_norm(grads, max_norm):
     """
     check_array_dict("grads", grads)
     max_norm = check_real("max_norm", max_norm, low=0.0, low_open=True)
-    sq = 0.0
-    for g in grads.values():
-        sq += float(np.sum(np.square(g, dtype=np.float64)))  # float64 accumulation
-    total = math.sqrt(sq)
+    total = math.sqrt(sum(_sum_of_squares(g) for g in grads.values()))
     if math.isfinite(total) and total > max_norm:
         scale = max_norm / (total + 1e-6)
         for name, g in grads.items():

@@ -339,26 +339,57 @@ class TiledAttentionCache(NamedTuple):
     """What a tiled forward keeps: O(T) per row, no (B,H,T,T) array."""
 
     pieces: Pieces  # the layer's logits in pieces (mixture weights folded in)
-    o: np.ndarray  # (B,H,T,hs) attention output before the heads merge
-    lse: np.ndarray  # (B,H,T) log-sum-exp of each row of the masked logits
-    v: np.ndarray  # (B,H,T,hs)
+    o: np.ndarray  # (B',H,T,B/B' hs) attention output in the kernels' layout (see fold)
+    lse: np.ndarray  # (B',H,T) log-sum-exp of each row of the masked logits
+    v: np.ndarray  # (B',H,T,B/B' hs) the values in the kernels' layout
     v_cache: layers.LinearCache
     o_cache: layers.LinearCache
     component_pieces: tuple  # per component: its LogitPieces, unweighted
     component_caches: tuple
     mix_weights: np.ndarray | None  # (H,N) softmax(alpha), None for a single kind
     causal: bool
+    batch: int  # B
+    shared: bool  # the logits are the same for every batch row: B' = 1, the batch folded
 
     @property
     def probs(self):
         """(B,H,T,T) the attention maps, recomputed from the pieces (for plots, not training)."""
-        return probabilities(self.pieces, self.lse, self.causal)
+        P = probabilities(self.pieces, self.lse, self.causal)  # (B',H,T,T)
+        return np.broadcast_to(P, (self.batch,) + P.shape[1:])  # (B,H,T,T)
+
+
+def shares_logits(component_pieces):
+    """Whether S is the same for every batch row: no piece depends on the input (Random's
+    R, factorized Random's R1 and R2)."""
+    return all((lp.q is None or (lp.q.ndim == 3 and lp.k.ndim == 3)) and lp.A is None
+               for lp in component_pieces)  # fmt: skip
+
+
+def fold(a):
+    """(B,H,T,hs) -> (1,H,T,B hs): the batch into the columns, for logits shared by it.
+    Then o = P [v_0 .. v_B-1] is one product per tile, and dP summed over the batch too:
+    sum_b do_b v_b^T = [do_0 .. do_B-1] [v_0 .. v_B-1]^T."""
+    B, H, T, hs = a.shape
+    return np.ascontiguousarray(a.transpose(1, 2, 0, 3)).reshape(1, H, T, B * hs)
+
+
+def unfold(a, B):
+    """(1,H,T,B hs) -> (B,H,T,hs), a view: :func:`fold` undone."""
+    _, H, T, columns = a.shape
+    return a.reshape(H, T, B, columns // B).transpose(2, 0, 1, 3)
+
+
+def _writable(a):
+    """``a`` itself if C-contiguous and writable, else a C-contiguous copy: the kernels
+    compile once per dtype, for plain arrays (not read-only broadcasts)."""
+    return np.require(a, requirements=["C", "W"])
 
 
 def _combine(component_pieces, mix, B, H, T, dtype):
     """The kernels' :class:`Pieces` of S = sum_n mix_n S_n: features concatenated (each
     component's queries times its weight), tables summed with their weights, the
-    factorized Dense weight folded into A. Every array C-contiguous, per batch row."""
+    factorized Dense weight folded into A. B: the batch rows of the pieces (1 when the
+    logits are shared). A single component's arrays are used as they are, not copied."""
     q_parts, k_parts = [], []
     table = A = Bt = None
     for n, lp in enumerate(component_pieces):
@@ -374,14 +405,15 @@ def _combine(component_pieces, mix, B, H, T, dtype):
         if lp.A is not None:
             A, Bt = (lp.A if w is None else lp.A * w), lp.Bt  # (B,H,T,a), (B,H,T,b)
     if q_parts:
-        q = np.ascontiguousarray(np.concatenate(q_parts, axis=-1))  # (B,H,T,D)
-        k = np.ascontiguousarray(np.concatenate(k_parts, axis=-1))  # (B,H,T,D)
+        q = q_parts[0] if len(q_parts) == 1 else np.concatenate(q_parts, axis=-1)  # (B,H,T,D)
+        k = k_parts[0] if len(k_parts) == 1 else np.concatenate(k_parts, axis=-1)  # (B,H,T,D)
     else:
         q = k = np.zeros((B, H, T, 0), dtype=dtype)
-    table = np.zeros((H, 0, 0), dtype=dtype) if table is None else np.ascontiguousarray(table)
+    if table is None:
+        table = np.zeros((H, 0, 0), dtype=dtype)
     if A is None:
         A = Bt = np.zeros((B, H, T, 0), dtype=dtype)
-    return Pieces(q, k, table, np.ascontiguousarray(A), np.ascontiguousarray(Bt))
+    return Pieces(*(_writable(a) for a in (q, k, table, A, Bt)))
 
 
 def attention_forward(layer, x):
@@ -389,32 +421,38 @@ def attention_forward(layer, x):
     B, T, _ = x.shape
     p, H = layer.params, layer.H
     v_flat, v_cache = layer.ops.linear_forward(x, p["Wv"], p["bv"])  # (B,T,C)
-    v = np.ascontiguousarray(split_heads(v_flat, H))  # (B,H,T,hs)
     parts, caches = [], []
     for comp, prefix in zip(layer.components, layer.prefixes, strict=True):
         lp, c = comp.tile_pieces(layer._component_arrays(comp, prefix), x)
         parts.append(lp)
         caches.append(c)
     mix = layer.ops.softmax_forward(p["alpha"])[0] if layer.mixture else None  # (H,N)
-    pieces = _combine(parts, mix, B, H, T, layer.dtype)
-    o, lse = tiled_forward(pieces, v, layer.causal)  # (B,H,T,hs), (B,H,T)
-    y, o_cache = layer.ops.linear_forward(merge_heads(o), p["Wo"], p["bo"])  # (B,T,C)
+    shared = shares_logits(parts)
+    pieces = _combine(parts, mix, 1 if shared else B, H, T, layer.dtype)
+    v = split_heads(v_flat, H)  # (B,H,T,hs)
+    v = fold(v) if shared else np.ascontiguousarray(v)  # (B',H,T,B/B' hs)
+    o, lse = tiled_forward(pieces, v, layer.causal)  # like v, (B',H,T)
+    y, o_cache = layer.ops.linear_forward(merge_heads(unfold(o, B) if shared else o),
+                                          p["Wo"], p["bo"])  # (B,T,C)  # fmt: skip
     cache = TiledAttentionCache(pieces, o, lse, v, v_cache, o_cache, tuple(parts), tuple(caches),
-                                mix, layer.causal)  # fmt: skip
+                                mix, layer.causal, B, shared)  # fmt: skip
     return y, cache
 
 
 def attention_backward(layer, dy, cache):
     """:meth:`minisynth.attention.Attention.backward` in tiles: dy (B,T,C) -> (dx, grads)."""
     grads = {}
-    H = layer.H
+    H, B = layer.H, cache.batch
+    shared = cache.shared
     # y = o @ Wo + bo
     do_flat, grads["Wo"], grads["bo"] = layer.ops.linear_backward(dy, cache.o_cache)
     do = split_heads(do_flat, H)  # (B,H,T,hs)
     # o = softmax(mask(S)) @ v, S in pieces
+    do = fold(do) if shared else np.ascontiguousarray(do)  # like cache.v
     g = tiled_backward(do, cache.o, cache.lse, cache.pieces, cache.v, cache.causal)
+    dv = unfold(g.v, B) if shared else g.v  # (B,H,T,hs)
     # v = x @ Wv + bv
-    dx, grads["Wv"], grads["bv"] = layer.ops.linear_backward(merge_heads(g.v), cache.v_cache)
+    dx, grads["Wv"], grads["bv"] = layer.ops.linear_backward(merge_heads(dv), cache.v_cache)
     mix = cache.mix_weights  # (H,N) or None
     dmix = np.zeros((H, len(layer.components)), dtype=layer.dtype)  # (H,N)
     col = 0  # where the component's features start in the concatenated q and k
