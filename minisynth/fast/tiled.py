@@ -385,6 +385,11 @@ def _writable(a):
     return np.require(a, requirements=["C", "W"])
 
 
+def _per_row(a, B):
+    """``a`` (B,H,T,D) as it is, or a shared (H,T,D) as a read-only (B,H,T,D) view."""
+    return a if a.ndim == 4 else np.broadcast_to(a, (B,) + a.shape)
+
+
 def _combine(component_pieces, mix, B, H, T, dtype):
     """The kernels' :class:`Pieces` of S = sum_n mix_n S_n: features concatenated (each
     component's queries times its weight), tables summed with their weights, the
@@ -395,10 +400,9 @@ def _combine(component_pieces, mix, B, H, T, dtype):
     for n, lp in enumerate(component_pieces):
         w = None if mix is None else mix[:, n, None, None]  # (H,1,1)
         if lp.q is not None:
-            D = lp.q.shape[-1]
-            q = np.broadcast_to(lp.q, (B, H, T, D))  # (B,H,T,D) a shared q for every row
+            q, k = (_per_row(a, B) for a in (lp.q, lp.k))  # (B,H,T,D) each
             q_parts.append(q if w is None else q * w)
-            k_parts.append(np.broadcast_to(lp.k, (B, H, T, D)))
+            k_parts.append(k)
         if lp.table is not None:
             weighted = lp.table if w is None else lp.table * w  # (H,T,T)
             table = weighted if table is None else table + weighted
