@@ -57,6 +57,10 @@ from .threads import run_sharded
 # (three TILE x TILE arrays) fit in L2 next to its q, k, v rows; BLAS runs well on
 # products of this size with hs = 32 (see BENCHMARKS.md).
 TILE = 128
+# Query rows taken at once against one key tile (a strip): the products of a tile are
+# then ROWS x TILE x hs, which BLAS runs far better than TILE x TILE x hs, and the
+# strip's scratch (two ROWS x TILE arrays) stays the same whatever T.
+ROWS = 1024
 
 # exp(x) for float32 x <= 0 as 2^n 2^f, t = x log2(e) = n + f, |f| <= 1/2:
 # 2^f by its Taylor polynomial in f ln 2 (degree 6: relative error below 3e-7; the
@@ -107,9 +111,10 @@ def _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1):
 
 
 @jit(**JIT_OPTS)
-def _row_max(row, start, end):
-    """max(start, row[:end]) in 16 lanes: a plain running max (no nnan flag) is not vectorised."""
-    lanes = np.full(16, start, dtype=row.dtype)
+def _row_max(row, start, end, lanes):
+    """max(start, row[:end]) in 16 lanes (scratch ``lanes``, 16 numbers): a plain running
+    max (no nnan flag) is not vectorised."""
+    lanes[:] = start
     full = end - end % 16
     for j0 in range(0, full, 16):
         for u in range(16):
@@ -158,86 +163,87 @@ def _seen(causal, i, j0, nj):
 
 @jit(**JIT_OPTS)
 def _forward_heads(q, k, v, table, A, Bt, causal, h0, h1, o, lse):
-    """o[:, h0:h1] (B,.,T,hs) and lse[:, h0:h1] (B,.,T): the online softmax, tile by tile."""
+    """o[:, h0:h1] (B,.,T,hs) and lse[:, h0:h1] (B,.,T): the online softmax, a key tile at a
+    time, for a strip of up to ROWS query rows at once (the rows that see the tile)."""
     B, _, T, hs = v.shape
     bits = np.empty(TILE, dtype=np.int32)
+    lanes = np.empty(16, dtype=v.dtype)
     for h in range(h0, h1):
         for b in range(B):
-            for i0 in range(0, T, TILE):
-                i1 = min(i0 + TILE, T)
-                ni = i1 - i0
-                m = np.full(ni, -np.inf, dtype=v.dtype)  # running row maxima
-                l = np.zeros(ni, dtype=np.float64)  # running sums of exp(S - m)
-                acc = np.zeros((ni, hs), dtype=v.dtype)  # running sum of exp(S - m) v
-                end = i1 if causal else T  # key tiles past the diagonal are never visited
+            for c0 in range(0, T, ROWS):
+                c1 = min(c0 + ROWS, T)
+                m = np.full(c1 - c0, -np.inf, dtype=v.dtype)  # running row maxima
+                l = np.zeros(c1 - c0, dtype=np.float64)  # running sums of exp(S - m)
+                acc = np.zeros((c1 - c0, hs), dtype=v.dtype)  # running sums of exp(S - m) v
+                end = c1 if causal else T  # key tiles past the diagonal are never visited
                 for j0 in range(0, end, TILE):
                     j1 = min(j0 + TILE, end)
-                    S = _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1)  # (ni,nj)
-                    for ii in range(ni):
-                        seen = _seen(causal, i0 + ii, j0, j1 - j0)
-                        m_new = _row_max(S[ii], m[ii], seen)
+                    r0 = max(c0, j0) if causal else c0  # the first row that sees the tile
+                    S = _tile_logits(q, k, table, A, Bt, b, h, r0, c1, j0, j1)  # (c1-r0,nj)
+                    for ii in range(c1 - r0):
+                        a = r0 - c0 + ii  # the row's place in the strip
+                        seen = _seen(causal, r0 + ii, j0, j1 - j0)
+                        m_new = _row_max(S[ii], m[a], seen, lanes)
                         total = _exp_row(S[ii], m_new, seen, bits)  # S[ii] = exp(S[ii] - m_new)
-                        rescale = math.exp(m[ii] - m_new)  # 0 on the first tile
-                        l[ii] = l[ii] * rescale + total
+                        rescale = math.exp(m[a] - m_new)  # 0 on the row's first tile
+                        l[a] = l[a] * rescale + total
                         for d in range(hs):
-                            acc[ii, d] *= rescale
-                        m[ii] = m_new
-                    acc += np.dot(S, np.ascontiguousarray(v[b, h, j0:j1]))
-                for ii in range(ni):
-                    inv = 1.0 / l[ii]
+                            acc[a, d] *= rescale
+                        m[a] = m_new
+                    acc[r0 - c0 :] += np.dot(S, np.ascontiguousarray(v[b, h, j0:j1]))
+                for a in range(c1 - c0):
+                    inv = 1.0 / l[a]
                     for d in range(hs):
-                        o[b, h, i0 + ii, d] = acc[ii, d] * inv
-                    lse[b, h, i0 + ii] = m[ii] + math.log(l[ii])
+                        o[b, h, c0 + a, d] = acc[a, d] * inv
+                    lse[b, h, c0 + a] = m[a] + math.log(l[a])
 
 
 @jit(**JIT_OPTS)
 def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
                     dq, dk, dv, dtable, dA, dBt):  # fmt: skip
-    """Gradients of heads h0:h1, P recomputed tile by tile from lse (module docstring)."""
+    """Gradients of heads h0:h1, P recomputed from lse a key tile at a time, for a strip of
+    up to ROWS query rows at once (module docstring)."""
     B, _, T, hs = v.shape
     D, a = q.shape[3], A.shape[3]
     bits = np.empty(TILE, dtype=np.int32)
     for h in range(h0, h1):
         for b in range(B):
-            for i0 in range(0, T, TILE):
-                i1 = min(i0 + TILE, T)
-                ni = i1 - i0
-                q_rows = np.ascontiguousarray(q[b, h, i0:i1])  # (ni,D)
-                do_rows = np.ascontiguousarray(do[b, h, i0:i1])  # (ni,hs)
-                dq_rows = np.zeros((ni, D), dtype=q.dtype)  # (ni,D)
-                end = i1 if causal else T
+            for c0 in range(0, T, ROWS):
+                c1 = min(c0 + ROWS, T)
+                dq_rows = np.zeros((c1 - c0, D), dtype=q.dtype)  # (strip,D)
+                end = c1 if causal else T
                 for j0 in range(0, end, TILE):
                     j1 = min(j0 + TILE, end)
-                    S = _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1)  # (ni,nj)
-                    v_cols = np.ascontiguousarray(v[b, h, j0:j1])  # (nj,hs)
+                    nj = j1 - j0
+                    r0 = max(c0, j0) if causal else c0  # the first row that sees the tile
+                    S = _tile_logits(q, k, table, A, Bt, b, h, r0, c1, j0, j1)  # (M,nj)
+                    do_rows = np.ascontiguousarray(do[b, h, r0:c1])  # (M,hs)
                     # o = P v:  dP = do v^T
-                    dS = np.dot(do_rows, v_cols.T)  # (ni,nj) dP for now
-                    for ii in range(ni):
+                    dS = np.dot(do_rows, np.ascontiguousarray(v[b, h, j0:j1]).T)  # (M,nj) dP
+                    for ii in range(c1 - r0):
                         # P = exp(S - lse), the forward's probabilities (S becomes P)
-                        P_row, dS_row, delta_i = S[ii], dS[ii], delta[b, h, i0 + ii]
-                        _exp_row(P_row, lse[b, h, i0 + ii], _seen(causal, i0 + ii, j0, j1 - j0),
-                                 bits)  # fmt: skip
+                        P_row, dS_row, delta_i = S[ii], dS[ii], delta[b, h, r0 + ii]
+                        _exp_row(P_row, lse[b, h, r0 + ii], _seen(causal, r0 + ii, j0, nj), bits)
                         # P = softmax(S):  dS = P (dP - Delta)
-                        for jj in range(j1 - j0):
+                        for jj in range(nj):
                             dS_row[jj] = P_row[jj] * (dS_row[jj] - delta_i)
                     dv[b, h, j0:j1] += np.dot(S.T, do_rows)  # dv = P^T do
                     if D > 0:  # S = q k^T
-                        k_cols = np.ascontiguousarray(k[b, h, j0:j1])  # (nj,D)
-                        dq_rows += np.dot(dS, k_cols)
-                        dk[b, h, j0:j1] += np.dot(dS.T, q_rows)
+                        dq_rows[r0 - c0 :] += np.dot(dS, np.ascontiguousarray(k[b, h, j0:j1]))
+                        dk[b, h, j0:j1] += np.dot(dS.T, np.ascontiguousarray(q[b, h, r0:c1]))
                     if table.shape[1] > 0:  # S = table[h]: its gradient sums over the batch
-                        for ii in range(ni):
-                            dtable_row, dS_row = dtable[h, i0 + ii, j0:j1], dS[ii]  # (nj,) each
-                            for jj in range(j1 - j0):
+                        for ii in range(c1 - r0):
+                            dtable_row, dS_row = dtable[h, r0 + ii, j0:j1], dS[ii]  # (nj,) each
+                            for jj in range(nj):
                                 dtable_row[jj] += dS_row[jj]
                     if a > 0:  # S[i, j] = A[i, j mod a] Bt[i, j div a]
-                        for ii in range(ni):
-                            i = i0 + ii
-                            for jj in range(j1 - j0):
+                        for ii in range(c1 - r0):
+                            i = r0 + ii
+                            for jj in range(nj):
                                 j = j0 + jj
                                 dA[b, h, i, j % a] += dS[ii, jj] * Bt[b, h, i, j // a]
                                 dBt[b, h, i, j // a] += dS[ii, jj] * A[b, h, i, j % a]
-                dq[b, h, i0:i1] = dq_rows
+                dq[b, h, c0:c1] = dq_rows
 
 
 # ------------------------------------------------------------------ wrappers
