@@ -295,12 +295,17 @@ def probabilities(pieces, lse, causal):
     return np.exp(_masked(full_logits(pieces), causal) - lse[..., None])  # (B,H,T,T)
 
 
-def tiled_backward_reference(do, o, lse, pieces, v, causal):
+def row_dots(do, o):
+    """Delta (B,H,T): do_i . o_i for every row, = sum_j P_ij dP_ij (module docstring)."""
+    return np.einsum("bhtd,bhtd->bht", do, o)
+
+
+def tiled_backward_reference(do, delta, lse, pieces, v, causal):
     """:func:`tiled_backward` written with the whole S and P (B,H,T,T)."""
     q, k, table, A, Bt = pieces
     P = probabilities(pieces, lse, causal)  # (B,H,T,T)
     dP = do @ v.swapaxes(-1, -2)  # (B,H,T,T)
-    dS = P * (dP - (do * o).sum(axis=-1, keepdims=True))  # (B,H,T,T)
+    dS = P * (dP - delta[..., None])  # (B,H,T,T)
     T, a = v.shape[2], A.shape[3]
     dA, dBt = np.zeros_like(A), np.zeros_like(Bt)  # (B,H,T,a), (B,H,T,b)
     for j in range(T if a else 0):  # S[i, j] = A[i, j mod a] Bt[i, j div a]
@@ -323,11 +328,11 @@ def tiled_forward(pieces, v, causal):
 
 
 @_falls_back_to(tiled_backward_reference)
-def tiled_backward(do, o, lse, pieces, v, causal):
-    """Gradients of o = softmax(mask(S)) v with respect to the pieces of S and to v."""
+def tiled_backward(do, delta, lse, pieces, v, causal):
+    """Gradients of o = softmax(mask(S)) v with respect to the pieces of S and to v;
+    ``delta`` (B,H,T) is :func:`row_dots` of do and o."""
     q, k, table, A, Bt = pieces
     H = v.shape[1]
-    delta = np.einsum("bhtd,bhtd->bht", do, o)  # (B,H,T) Delta_i = do_i . o_i
     dq = np.empty(q.shape, dtype=v.dtype)  # (B,H,T,D)
     dk = np.zeros(q.shape, dtype=v.dtype)  # (B,H,T,D)
     dv = np.zeros_like(v)  # (B,H,T,hs)
@@ -345,7 +350,6 @@ class TiledAttentionCache(NamedTuple):
     """What a tiled forward keeps: O(T) per row, no (B,H,T,T) array."""
 
     pieces: Pieces  # the layer's logits in pieces (mixture weights folded in)
-    o: np.ndarray  # (B',H,T,B/B' hs) attention output in the kernels' layout (see fold)
     lse: np.ndarray  # (B',H,T) log-sum-exp of each row of the masked logits
     v: np.ndarray  # (B',H,T,B/B' hs) the values in the kernels' layout
     v_cache: layers.LinearCache
@@ -444,7 +448,8 @@ def attention_forward(layer, x):
     o, lse = tiled_forward(pieces, v, layer.causal)  # like v, (B',H,T)
     y, o_cache = layer.ops.linear_forward(merge_heads(unfold(o, B) if shared else o),
                                           p["Wo"], p["bo"])  # (B,T,C)  # fmt: skip
-    cache = TiledAttentionCache(pieces, o, lse, v, v_cache, o_cache, tuple(parts), tuple(caches),
+    # o itself is not kept: Wo's cache holds it, heads merged
+    cache = TiledAttentionCache(pieces, lse, v, v_cache, o_cache, tuple(parts), tuple(caches),
                                 mix, layer.causal, B, shared)  # fmt: skip
     return y, cache
 
@@ -458,8 +463,15 @@ def attention_backward(layer, dy, cache):
     do_flat, grads["Wo"], grads["bo"] = layer.ops.linear_backward(dy, cache.o_cache)
     do = split_heads(do_flat, H)  # (B,H,T,hs)
     # o = softmax(mask(S)) @ v, S in pieces
-    do = fold(do) if shared else np.ascontiguousarray(do)  # like cache.v
-    g = tiled_backward(do, cache.o, cache.lse, cache.pieces, cache.v, cache.causal)
+    # Delta_i = do_i . o_i, from o with its heads merged (Wo's input); folded: summed over b
+    hs = layer.hs
+    delta = np.einsum("bthd,bthd->bht", do_flat.reshape(B, -1, H, hs),
+                      cache.o_cache.x.reshape(B, -1, H, hs))  # (B,H,T)  # fmt: skip
+    if shared:
+        do, delta = fold(do), delta.sum(axis=0, keepdims=True)  # (1,H,T,B hs), (1,H,T)
+    else:
+        do = np.ascontiguousarray(do)
+    g = tiled_backward(do, delta, cache.lse, cache.pieces, cache.v, cache.causal)
     dv = unfold(g.v, B) if shared else g.v  # (B,H,T,hs)
     # v = x @ Wv + bv
     dx, grads["Wv"], grads["bv"] = layer.ops.linear_backward(merge_heads(dv), cache.v_cache)
