@@ -229,11 +229,14 @@ class Vanilla(Component):
 
     def _features_backward(self, dq_scaled, dk, cache):
         _, _, q_cache, k_cache, scale = cache
-        dq = dq_scaled * scale  # (B,H,T,hs)
+        dq = merge_heads(dq_scaled)  # (B,T,C) a fresh array: scaled in place
+        dq *= scale  # q_scaled = q / sqrt(hs)
         # q = x Wq + bq;  k = x Wk + bk
-        dx_q, dWq, dbq = self.ops.linear_backward(merge_heads(dq), q_cache)
+        dx, dWq, dbq = self.ops.linear_backward(dq, q_cache)
+        del dq  # no longer needed: a step's peak memory is made of such arrays
         dx_k, dWk, dbk = self.ops.linear_backward(merge_heads(dk), k_cache)
-        return dx_q + dx_k, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
+        dx += dx_k  # dx is the fresh result of linear_backward
+        return dx, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
 
     def memory_from_forward(self, cache):
         return {"k": cache[1]}  # (B,H,T,hs)

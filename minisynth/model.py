@@ -375,6 +375,10 @@ class SynthesizerLM:
         p, ops = self.params, self.ops
         logits, cache = self._forward(idx)
         loss, ce = ops.cross_entropy_forward(logits, targets)
+        del logits  # the cross-entropy cache keeps what its backward needs
+        # each block's activations are let go once its backward is done, as autograd does:
+        # a step's peak memory is then the activations plus one block's gradients
+        blocks, cache = list(cache.blocks), cache._replace(blocks=())
         grads = {}
         B, T = idx.shape
         C, V = self.config.d_model, self.config.vocab_size
@@ -388,7 +392,7 @@ class SynthesizerLM:
         dx, grads["ln_f.g"], grads["ln_f.b"] = ops.layernorm_backward(dxf, cache.ln_f)
         for i in reversed(range(len(self.attn))):
             pre = f"blocks.{i}."
-            block = cache.blocks[i]
+            block, blocks[i] = blocks[i], None
             # x = x + gelu(ln2(x) @ W1 + b1) @ W2 + b2
             dhg, grads[pre + "mlp.W2"], grads[pre + "mlp.b2"] = ops.linear_backward(dx, block.proj)
             dh = ops.gelu_backward(dhg, block.gelu)  # (B,T,4C)
@@ -404,6 +408,7 @@ class SynthesizerLM:
                 da_in, block.ln1
             )
             dx = dx + dx_ln1  # (B,T,C)
+            del block, da_in, dx_ln1, dx_ln2, dm_in, dh, dhg
         # x = wte[idx] + wpe[:T]
         dwpe = np.zeros_like(p["wpe"])  # (L,C) rows >= T get no gradient
         dwpe[:T] = dx.sum(axis=0)

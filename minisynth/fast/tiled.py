@@ -472,9 +472,12 @@ def attention_backward(layer, dy, cache):
     else:
         do = np.ascontiguousarray(do)
     g = tiled_backward(do, delta, cache.lse, cache.pieces, cache.v, cache.causal)
-    dv = unfold(g.v, B) if shared else g.v  # (B,H,T,hs)
+    del do, delta
     # v = x @ Wv + bv
-    dx, grads["Wv"], grads["bv"] = layer.ops.linear_backward(merge_heads(dv), cache.v_cache)
+    dv = merge_heads(unfold(g.v, B) if shared else g.v)  # (B,T,C)
+    g = g._replace(v=None)  # dv's only copy is now merged: the kernel's is let go
+    dx, grads["Wv"], grads["bv"] = layer.ops.linear_backward(dv, cache.v_cache)
+    del dv
     mix = cache.mix_weights  # (H,N) or None
     dmix = np.zeros((H, len(layer.components)), dtype=layer.dtype)  # (H,N)
     col = 0  # where the component's features start in the concatenated q and k
