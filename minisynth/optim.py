@@ -272,12 +272,13 @@ SQUARES_CHUNK = 1 << 16  # elements converted to float64 at a time (512 KiB: sta
 
 def _sum_of_squares(g):
     """sum(g**2) accumulated in float64, a chunk at a time: no float64 copy of a large
-    gradient (Random's R) is ever made whole."""
+    gradient (Random's R) is ever made whole. (einsum, not a BLAS dot: BLAS would wake
+    its thread pool, whose spinning threads then slow the next training step.)"""
     flat = g.reshape(-1)
     total = 0.0
     for start in range(0, flat.size, SQUARES_CHUNK):
         chunk = flat[start : start + SQUARES_CHUNK].astype(np.float64)
-        total += float(chunk @ chunk)
+        total += float(np.einsum("i,i->", chunk, chunk))
     return total
 
 
