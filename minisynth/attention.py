@@ -100,7 +100,7 @@ TILES = ("auto", "always", "never")
 TILES_VARIABLE = "MINISYNTH_TILES"
 # From this many positions on, "auto" computes attention in tiles (the crossover
 # measured in BENCHMARKS.md, "Attention at length").
-TILED_FROM = 256
+TILED_FROM = 512
 
 
 def check_tiles(tiles=None):
