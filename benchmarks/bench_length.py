@@ -201,6 +201,94 @@ def tables(results, kinds, lengths):
     return "\n\n".join(out)
 
 
+def reading(results, kinds, lengths):
+    """What the tables say, in words computed from them."""
+
+    def cell(path, kind, T, field="step_ms"):
+        return _cell(results, path, kind, T, field)
+
+    lo, hi = lengths[0], lengths[-1]
+    lines = []
+    flat = [k for k in kinds if k != "random"]
+    growth = {k: cell("tiled", k, hi, "step_mb") / cell("tiled", k, lo, "step_mb") for k in flat}
+    lines.append(
+        f"* **Memory.** From T = {lo} to {hi} at {TOKENS} tokens per batch, the tiled step's "
+        f"memory changes by x{min(growth.values()):.2f} to x{max(growth.values()):.2f} for "
+        f"every kind but Random (flat: no T x T map is kept); the full path's grows "
+        + ", ".join(
+            f"{k} x{cell('full', k, FULL_UP_TO, 'step_mb') / cell('full', k, lo, 'step_mb'):.1f}"
+            for k in ("vanilla", "dense")
+            if k in kinds
+        )  # fmt: skip
+        + f" by T = {FULL_UP_TO} (its maps, linear in T at fixed tokens)."
+    )
+    if "random" in kinds:
+        p_lo, p_hi = parameter_count("random", lo) / 1e6, parameter_count("random", hi) / 1e6
+        lines.append(
+            f"* **Random's parameters.** R is H L^2 numbers per layer: {p_lo:.1f} M parameters "
+            f"at T = {lo}, {p_hi:.0f} M at T = {hi}; its set-up memory goes from "
+            f"{cell('tiled', 'random', lo, 'setup_mb'):,.0f} to "
+            f"{cell('tiled', 'random', hi, 'setup_mb'):,.0f} MB and its step (the gradient of R "
+            f"and AdamW's two moments, written in the step) from "
+            f"{cell('tiled', 'random', lo, 'step_mb'):,.0f} to "
+            f"{cell('tiled', 'random', hi, 'step_mb'):,.0f} MB. Tiles remove the maps, not "
+            "this: it is the paper's design (logits that are parameters), and the reason for "
+            "factorized Random (2 H L k numbers)."
+        )
+    if 2048 in lengths:
+        ours = cell("tiled", "vanilla", 2048, "step_mb")
+        theirs = cell("torch", "vanilla", 2048, "step_mb")
+        lines.append(
+            f"* **Vanilla at T = 2048** (B = 2): a step needs {ours:,.0f} MB above the set-up "
+            f"model, PyTorch's {theirs:,.0f} MB (whole process: "
+            f"{ours + cell('tiled', 'vanilla', 2048, 'setup_mb'):,.0f} MB against "
+            f"{theirs + cell('torch', 'vanilla', 2048, 'setup_mb'):,.0f} MB); the full path "
+            f"needed {cell('full', 'vanilla', 2048, 'step_mb'):,.0f} MB."
+        )
+    if 1024 in lengths:
+        ratios = ", ".join(f"{k} {cell('tiled', k, 1024) / cell('torch', k, 1024):.2f}"
+                           for k in kinds)  # fmt: skip
+        lines.append(
+            f"* **Speed at T = 1024**, step time over PyTorch's: {ratios} (one process per "
+            "path and length, so read differences within about 10% as ties; "
+            "`bench_train.py --configs long` interleaves the paths step by step)."
+        )
+    slow = {k: cell("tiled", k, hi) / cell("torch", k, hi) for k in kinds
+            if cell("tiled", k, hi) and cell("torch", k, hi)}  # fmt: skip
+    slow = {k: r for k, r in slow.items() if r > 1}
+    if slow:
+        lines.append(
+            f"* **Slower than PyTorch at T = {hi}** (B = {TOKENS // hi}): "
+            + ", ".join(f"{k} {r:.2f}x" for k, r in slow.items())
+            + ". One batch row cannot be split into shards over the cores "
+            "(`minisynth.fast.threads`): the tiles split the heads over both, but the step's "
+            "other kernels run on one core, where PyTorch threads every operation."
+        )
+    short = [T for T in lengths if T < TILED_FROM]
+    if short:
+        ratios = "; ".join(
+            f"T = {T}: "
+            + ", ".join(
+                f"{k} {cell('tiled', k, T) / cell('full', k, T):.2f}" for k in kinds
+            )  # fmt: skip
+            for T in short + [TILED_FROM]
+        )
+        lines.append(
+            f"* **Where tiles start.** Tiled over full step time at short lengths: {ratios}. "
+            f"`minisynth train` tiles from T = {TILED_FROM} on (`attention.TILED_FROM`; "
+            "`--tiles always|never` overrides), where tiles win on memory at every length "
+            "and on time as well."
+        )
+    lines.append(
+        "* **Where synthetic attention saves work.** Random's tile is read from R: one "
+        "product per tile forward (P v) where vanilla has two, three backward where vanilla "
+        "has five, and the batch shares its logits; Dense replaces two projections (queries, "
+        "keys) by one. The quadratic term remains: every kind computes B H T^2 logits per "
+        "layer, so at fixed tokens the step time still grows with T (the time slopes)."
+    )
+    return "\n".join(lines)
+
+
 def plot(results, kinds, lengths, path_png):
     import matplotlib
 
@@ -262,7 +350,8 @@ def main(argv=None):
         return 0
     kinds = args.kinds.split(",")
     lengths = [int(t) for t in args.lengths.split(",")]
-    results = json.loads(args.json.read_text()) if args.json.exists() else {}
+    saved = json.loads(args.json.read_text()) if args.json.exists() else {}
+    results, meta = saved.get("runs", {}), saved.get("meta", {})
     started = time.time()
     if not args.report_only:
         for T in lengths:
@@ -275,20 +364,25 @@ def main(argv=None):
                     print(f"T={T:5d} {kind:18s} {path:6s} {r['step_ms']:9.1f} ms  "
                           f"step {r['step_mb']:8.0f} MB  set-up {r['setup_mb']:7.0f} MB",
                           flush=True)  # fmt: skip
-                    args.json.write_text(json.dumps(results, indent=1))
+                    meta = {"commit": git_state(), "cpu": cpu_model(),
+                            "minutes": round((time.time() - started) / 60)}  # fmt: skip
+                    args.json.write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
     section = "\n\n".join(
         [
             "## Attention at length: the efficiency table (issue 29)",
             f"Command: `python benchmarks/bench_length.py --markdown BENCHMARKS.md` "
-            f"({cpu_model()}, {THREADS} threads, minisynth {git_state()}; "
-            f"{(time.time() - started) / 60:.0f} min). Bench model (d_model 256, 8 heads, "
+            f"({meta.get('cpu', cpu_model())}, {THREADS} threads, minisynth "
+            f"{meta.get('commit', git_state())}; {meta.get('minutes', '?')} min). "
+            "Bench model (d_model 256, 8 heads, "
             "4 layers, "
             f"max_len = T), B x T = {TOKENS} tokens per batch, float32, one training step "
             "(forward, backward, clip, AdamW); median of "
             + ", ".join(f"{n} at T={T}" for T, n in REPEATS.items() if T in lengths)
-            + " step(s) after one warm-up: the long lengths take fewer repeats.",
+            + " step(s) after one warm-up: the long lengths take fewer repeats."
+            + (f" Note: {meta['note']}." if meta.get("note") else ""),
             tables(results, kinds, lengths),
             "![time and memory against T](benchmarks/length.png)",
+            "What it says (computed from the tables above):\n\n" + reading(results, kinds, lengths),
         ]
     )
     if args.plot:

@@ -310,7 +310,9 @@ fig  # noqa: B018  (a notebook displays a bare last expression: the figure)
 # `BENCHMARKS.md`. Its raw numbers are committed in `benchmarks/length.json`:
 
 # %%
-bench = json.loads((HERE.parent / "benchmarks" / "length.json").read_text())
+saved = json.loads((HERE.parent / "benchmarks" / "length.json").read_text())
+bench = saved["runs"]  # "path|kind|T" -> step_ms, step_mb, setup_mb
+print(f"measured at minisynth {saved['meta']['commit']} on {saved['meta']['cpu']}")
 
 
 def cell(path, kind, T, field="step_ms"):

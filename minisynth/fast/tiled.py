@@ -351,7 +351,7 @@ class TiledAttentionCache(NamedTuple):
 
     pieces: Pieces  # the layer's logits in pieces (mixture weights folded in)
     lse: np.ndarray  # (B',H,T) log-sum-exp of each row of the masked logits
-    v: np.ndarray  # (B',H,T,B/B' hs) the values in the kernels' layout
+    v_tiles: np.ndarray  # (B',H,T,B/B' hs) the values in the kernels' layout
     v_cache: layers.LinearCache
     o_cache: layers.LinearCache
     component_pieces: tuple  # per component: its LogitPieces, unweighted
@@ -360,6 +360,11 @@ class TiledAttentionCache(NamedTuple):
     causal: bool
     batch: int  # B
     shared: bool  # the logits are the same for every batch row: B' = 1, the batch folded
+
+    @property
+    def v(self):
+        """(B,H,T,hs) the values (decoding's prefill keeps them)."""
+        return unfold(self.v_tiles, self.batch) if self.shared else self.v_tiles
 
     @property
     def probs(self):
@@ -471,7 +476,7 @@ def attention_backward(layer, dy, cache):
         do, delta = fold(do), delta.sum(axis=0, keepdims=True)  # (1,H,T,B hs), (1,H,T)
     else:
         do = np.ascontiguousarray(do)
-    g = tiled_backward(do, delta, cache.lse, cache.pieces, cache.v, cache.causal)
+    g = tiled_backward(do, delta, cache.lse, cache.pieces, cache.v_tiles, cache.causal)
     del do, delta
     # v = x @ Wv + bv
     dv = merge_heads(unfold(g.v, B) if shared else g.v)  # (B,T,C)
