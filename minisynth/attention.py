@@ -484,7 +484,10 @@ class Random(Component):
         return LogitPieces(table=S), cache  # (H,T,T) the logits are parameters
 
     def tile_backward(self, d, cache):
-        return self.backward(d.table, cache)  # d.table (H,T,T), summed over the batch
+        # d.table (H,T,T), summed over the batch: a fresh array of the tiled path's own
+        if d.table.shape[1] == self.L and self.synthetic_logits:
+            return None, {"R": d.table}  # T = L: it is the gradient of R as it stands
+        return self.backward(d.table, cache)
 
 
 class RandomFixed(Random):
