@@ -231,7 +231,7 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
                     if D > 0:  # S = q k^T
                         dq_rows[r0 - c0 :] += np.dot(dS, np.ascontiguousarray(k[b, h, j0:j1]))
                         dk[b, h, j0:j1] += np.dot(dS.T, np.ascontiguousarray(q[b, h, r0:c1]))
-                    if table.shape[1] > 0:  # S = table[h]: its gradient sums over the batch
+                    if dtable.shape[1] > 0:  # S = table[h]: its gradient sums over the batch
                         for ii in range(c1 - r0):
                             dtable_row, dS_row = dtable[h, r0 + ii, j0:j1], dS[ii]  # (nj,) each
                             for jj in range(nj):
@@ -300,7 +300,7 @@ def row_dots(do, o):
     return np.einsum("bhtd,bhtd->bht", do, o)
 
 
-def tiled_backward_reference(do, delta, lse, pieces, v, causal):
+def tiled_backward_reference(do, delta, lse, pieces, v, causal, table_grad=True):
     """:func:`tiled_backward` written with the whole S and P (B,H,T,T)."""
     q, k, table, A, Bt = pieces
     P = probabilities(pieces, lse, causal)  # (B,H,T,T)
@@ -311,7 +311,10 @@ def tiled_backward_reference(do, delta, lse, pieces, v, causal):
     for j in range(T if a else 0):  # S[i, j] = A[i, j mod a] Bt[i, j div a]
         dA[..., j % a] += dS[..., j] * Bt[..., j // a]
         dBt[..., j // a] += dS[..., j] * A[..., j % a]
-    dtable = dS.sum(axis=0) if table.shape[1] else np.zeros_like(table)  # (H,T,T)
+    if table.shape[1] and table_grad:
+        dtable = dS.sum(axis=0)  # (H,T,T)
+    else:
+        dtable = np.zeros((table.shape[0], 0, 0), dtype=table.dtype)  # (H,0,0)
     return TiledGrads(dS @ k, dS.swapaxes(-1, -2) @ q, P.swapaxes(-1, -2) @ do, dtable, dA, dBt)
 
 
@@ -328,15 +331,17 @@ def tiled_forward(pieces, v, causal):
 
 
 @_falls_back_to(tiled_backward_reference)
-def tiled_backward(do, delta, lse, pieces, v, causal):
+def tiled_backward(do, delta, lse, pieces, v, causal, table_grad=True):
     """Gradients of o = softmax(mask(S)) v with respect to the pieces of S and to v;
-    ``delta`` (B,H,T) is :func:`row_dots` of do and o."""
+    ``delta`` (B,H,T) is :func:`row_dots` of do and o. ``table_grad=False``: the table's
+    gradient is not wanted (a frozen R alone), and comes back (H,0,0)."""
     q, k, table, A, Bt = pieces
     H = v.shape[1]
     dq = np.empty(q.shape, dtype=v.dtype)  # (B,H,T,D)
     dk = np.zeros(q.shape, dtype=v.dtype)  # (B,H,T,D)
     dv = np.zeros_like(v)  # (B,H,T,hs)
-    dtable = np.zeros(table.shape, dtype=v.dtype)  # (H,T,T) or (H,0,0)
+    shape = table.shape if table_grad else (table.shape[0], 0, 0)
+    dtable = np.zeros(shape, dtype=v.dtype)  # (H,T,T) or (H,0,0)
     dA = np.zeros(A.shape, dtype=v.dtype)  # (B,H,T,a)
     dBt = np.zeros(Bt.shape, dtype=v.dtype)  # (B,H,T,b)
     do = np.ascontiguousarray(do)
@@ -476,7 +481,13 @@ def attention_backward(layer, dy, cache):
         do, delta = fold(do), delta.sum(axis=0, keepdims=True)  # (1,H,T,B hs), (1,H,T)
     else:
         do = np.ascontiguousarray(do)
-    g = tiled_backward(do, delta, cache.lse, cache.pieces, cache.v_tiles, cache.causal)
+    # the table's gradient is wanted by a trainable R, or by the mixture weights
+    table_grad = layer.mixture or any(
+        lp.table is not None and comp.synthetic_logits
+        for lp, comp in zip(cache.component_pieces, layer.components, strict=True)
+    )
+    g = tiled_backward(do, delta, cache.lse, cache.pieces, cache.v_tiles, cache.causal,
+                       table_grad)  # fmt: skip
     del do, delta
     # v = x @ Wv + bv
     dv = merge_heads(unfold(g.v, B) if shared else g.v)  # (B,T,C)
