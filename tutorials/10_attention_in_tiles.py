@@ -365,9 +365,12 @@ fig2  # noqa: B018
 #   synthetic kinds keep no keys at all.
 # * **Where it does not.** Random's R is H L^2 numbers per layer, with its gradient
 #   and two AdamW moments: its set-up memory grows as T^2 while every other kind's
-#   stays flat, and at T = 4096 its weights alone are gigabytes. Tiles remove the
-#   maps, not this: it is the price of logits that are parameters, and the reason
-#   the paper's factorized Random (2 H L k numbers) exists.
+#   stays flat, and at T = 4096 its weights alone are gigabytes. Its step time follows:
+#   from T = 2048 on, the gradient of R and AdamW's update touch all H L^2 numbers of
+#   every layer at every step, and Random falls from the fastest kind at short lengths
+#   to the slowest (the ratios above). Tiles remove the maps, not this: it is the price
+#   of logits that are parameters, and the reason the paper's factorized Random
+#   (2 H L k numbers) exists: it stays the fastest kind at every length here.
 # * **The quadratic term remains in time.** With tiles the memory is flat, but every
 #   kind still computes B H T^2 logits per layer: at fixed tokens the step time
 #   grows with T. The table's slopes say how fast.
