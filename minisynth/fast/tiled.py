@@ -132,7 +132,7 @@ def _exp_row(row, m, seen, bits):
     """In place: row[:seen] = exp(row[:seen] - m), row[seen:] = 0 (columns a causal row may
     not see); returns the sum. ``bits`` (int32, >= len(row)) is scratch; float32 logits
     take the vectorised polynomial, float64 libm's exp."""
-    total = 0.0
+    total = np.float64(0.0)  # float64 also as plain Python (NUMBA_DISABLE_JIT=1)
     if row.itemsize == 4:  # float32
         scale = bits.view(np.float32)  # 2^n, written as exponent bits
         for j in range(seen):
