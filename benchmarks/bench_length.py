@@ -53,6 +53,8 @@ from harness import (  # noqa: E402
     worker_env,
 )
 
+from minisynth.attention import TILED_FROM  # noqa: E402
+
 TOKENS = 4096  # B x T of every batch
 LENGTHS = (128, 256, 512, 1024, 2048, 4096)
 KINDS = ("vanilla", "dense", "random", "factorized_dense", "factorized_random", "dense+vanilla")
@@ -392,8 +394,6 @@ def main(argv=None):
         write_section(args.markdown, section)
     return 0
 
-
-from minisynth.attention import TILED_FROM  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

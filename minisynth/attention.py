@@ -233,7 +233,6 @@ class Vanilla(Component):
         dq *= scale  # q_scaled = q / sqrt(hs)
         # q = x Wq + bq;  k = x Wk + bk
         dx, dWq, dbq = self.ops.linear_backward(dq, q_cache)
-        del dq  # no longer needed: a step's peak memory is made of such arrays
         dx_k, dWk, dbk = self.ops.linear_backward(merge_heads(dk), k_cache)
         dx += dx_k  # dx is the fresh result of linear_backward
         return dx, {"Wq": dWq, "bq": dbq, "Wk": dWk, "bk": dbk}
@@ -484,9 +483,10 @@ class Random(Component):
         return LogitPieces(table=S), cache  # (H,T,T) the logits are parameters
 
     def tile_backward(self, d, cache):
-        # d.table (H,T,T), summed over the batch: a fresh array of the tiled path's own
-        if d.table.shape[1] == self.L and self.synthetic_logits:
-            return None, {"R": d.table}  # T = L: it is the gradient of R as it stands
+        # d.table (H,T,T), summed over the batch: a fresh array of the tiled path's own.
+        # At T = L it is R's gradient as it stands (a frozen R, RandomFixed, has none)
+        if d.table.shape[1] == self.L and "R" in self.shapes():
+            return None, {"R": d.table}
         return self.backward(d.table, cache)
 
 

@@ -408,7 +408,6 @@ class SynthesizerLM:
                 da_in, block.ln1
             )
             dx = dx + dx_ln1  # (B,T,C)
-            del block, da_in, dx_ln1, dx_ln2, dm_in, dh, dhg
         # x = wte[idx] + wpe[:T]
         dwpe = np.zeros_like(p["wpe"])  # (L,C) rows >= T get no gradient
         dwpe[:T] = dx.sum(axis=0)

@@ -19,8 +19,8 @@ any tile S[i0:i1, j0:j1] from arrays of size O(T):
 * ``A`` (B,H,T,a), ``Bt`` (B,H,T,b): factorized Dense, S[i, j] = A[i, j mod a]
   Bt[i, j div a] (mixture weight folded into A).
 
-Forward (the online softmax, one query tile of rows at a time): walk the key tiles
-j0 = 0, TILE, ... keeping for every row i the running maximum m_i, the running sum
+Forward (the online softmax, a strip of up to ROWS query rows at a time): walk the key
+tiles j0 = 0, TILE, ... keeping for every row i the running maximum m_i, the running sum
 l_i = sum_j exp(S_ij - m_i) and the running output acc_i = sum_j exp(S_ij - m_i) v_j;
 a new tile with a larger maximum m' rescales both by exp(m_i - m'). At the end
 o_i = acc_i / l_i, and the row's log-sum-exp lse_i = m_i + log l_i is saved (B,H,T).
@@ -53,13 +53,10 @@ from ..attention import LogitPieces, merge_heads, split_heads
 from .kernels import JIT_OPTS, _falls_back_to
 from .threads import run_sharded
 
-# Rows (and columns) per tile: a tile's logits, probabilities and their gradients
-# (three TILE x TILE arrays) fit in L2 next to its q, k, v rows; BLAS runs well on
-# products of this size with hs = 32 (see BENCHMARKS.md).
+# Keys per tile: the row-wise passes (max, exp, dS) run over TILE columns at a time.
 TILE = 128
-# Query rows taken at once against one key tile (a strip): the products of a tile are
-# then ROWS x TILE x hs, which BLAS runs far better than TILE x TILE x hs, and the
-# strip's scratch (two ROWS x TILE arrays) stays the same whatever T.
+# Query rows taken at once against one key tile (a strip): fewer, larger BLAS calls, and
+# the strip's scratch (two ROWS x TILE arrays, S and dS) stays the same whatever T.
 ROWS = 1024
 
 # exp(x) for float32 x <= 0 as 2^n 2^f, t = x log2(e) = n + f, |f| <= 1/2:
@@ -77,7 +74,7 @@ class Pieces(NamedTuple):
     """The logits of one attention layer in pieces that give any tile (module docstring)."""
 
     q: np.ndarray  # (B,H,T,D) dot-product features of the rows (D may be 0)
-    k: np.ndarray  # (B,H,T,D) of the columns (may be a read-only broadcast)
+    k: np.ndarray  # (B,H,T,D) of the columns
     table: np.ndarray  # (H,T,T) logits that are parameters, or (H,0,0)
     A: np.ndarray  # (B,H,T,a) factorized Dense, or (B,H,T,0)
     Bt: np.ndarray  # (B,H,T,b) factorized Dense, or (B,H,T,0)
@@ -247,11 +244,6 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
 
 
 # ------------------------------------------------------------------ wrappers
-def _by_heads(work, H):
-    """Run ``work(h0, h1)`` on shards of the heads, in parallel unless a split is running."""
-    run_sharded(work, H)
-
-
 class TiledGrads(NamedTuple):
     q: np.ndarray  # (B,H,T,D)
     k: np.ndarray  # (B,H,T,D) for each batch row (a shared k sums them)
@@ -325,8 +317,9 @@ def tiled_forward(pieces, v, causal):
     o = np.empty((B, H, T, hs), dtype=v.dtype)  # (B,H,T,hs)
     lse = np.empty((B, H, T), dtype=v.dtype)  # (B,H,T) log-sum-exp of each row of S
     q, k, table, A, Bt = pieces
-    _by_heads(lambda h0, h1: _forward_heads(q, k, v, table, A, Bt, bool(causal), h0, h1,
-                                            o, lse), H)  # fmt: skip
+    # heads split over threads, unless a batch split runs already (threads.run_sharded)
+    run_sharded(lambda h0, h1: _forward_heads(q, k, v, table, A, Bt, bool(causal), h0, h1,
+                                              o, lse), H)  # fmt: skip
     return o, lse
 
 
@@ -345,8 +338,9 @@ def tiled_backward(do, delta, lse, pieces, v, causal, table_grad=True):
     dA = np.zeros(A.shape, dtype=v.dtype)  # (B,H,T,a)
     dBt = np.zeros(Bt.shape, dtype=v.dtype)  # (B,H,T,b)
     do = np.ascontiguousarray(do)
-    _by_heads(lambda h0, h1: _backward_heads(do, q, k, v, lse, delta, table, A, Bt, bool(causal),
-                                             h0, h1, dq, dk, dv, dtable, dA, dBt), H)  # fmt: skip
+    run_sharded(lambda h0, h1: _backward_heads(do, q, k, v, lse, delta, table, A, Bt,
+                                               bool(causal), h0, h1, dq, dk, dv, dtable,
+                                               dA, dBt), H)  # fmt: skip
     return TiledGrads(dq, dk, dv, dtable, dA, dBt)
 
 
@@ -473,10 +467,8 @@ def attention_backward(layer, dy, cache):
     do_flat, grads["Wo"], grads["bo"] = layer.ops.linear_backward(dy, cache.o_cache)
     do = split_heads(do_flat, H)  # (B,H,T,hs)
     # o = softmax(mask(S)) @ v, S in pieces
-    # Delta_i = do_i . o_i, from o with its heads merged (Wo's input); folded: summed over b
-    hs = layer.hs
-    delta = np.einsum("bthd,bthd->bht", do_flat.reshape(B, -1, H, hs),
-                      cache.o_cache.x.reshape(B, -1, H, hs))  # (B,H,T)  # fmt: skip
+    # Delta_i = do_i . o_i, o from Wo's input (heads merged there); folded: summed over b
+    delta = row_dots(do, split_heads(cache.o_cache.x, H))  # (B,H,T)
     if shared:
         do, delta = fold(do), delta.sum(axis=0, keepdims=True)  # (1,H,T,B hs), (1,H,T)
     else:
