@@ -31,9 +31,10 @@ lse; with Delta_i = do_i . o_i (= sum_j P_ij dP_ij), dS_ij = P_ij (dP_ij - Delta
 where dP_ij = do_i . v_j. Each tile adds its share to dv (P^T do), dq (dS k), dk
 (dS^T q), dtable (dS, summed over the batch) and dA, dBt.
 
-The products of a tile are BLAS calls (``np.dot`` inside Numba); exp of float32
-logits is a polynomial that LLVM vectorises (:func:`_exp_row`), float64 calls
-libm. Heads are split over threads (:func:`minisynth.fast.threads.run_sharded`)
+The products of a tile are BLAS calls (:func:`_gemm`: BLAS's gemm called from Numba on
+views, adding into its output); exp of float32 logits is a polynomial that LLVM
+vectorises (:func:`_exp_float32`), float64 calls libm; a float32 row's maximum is
+taken on integer keys of its bits (:func:`_row_max`), which vectorise. Heads are split over threads (:func:`minisynth.fast.threads.run_sharded`)
 when no batch split is running already: at B = 1 the heads keep both cores busy.
 
 Shape letters are those of :mod:`minisynth.layers`; D is the width of the
@@ -46,7 +47,9 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from numba import jit
+from numba import jit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from .. import layers
 from ..attention import LogitPieces, merge_heads, split_heads
@@ -81,22 +84,89 @@ class Pieces(NamedTuple):
 
 
 # --------------------------------------------------------------------- kernels
+# BLAS's gemm as Numba's own np.dot calls it (Numba's helper library, SciPy's BLAS behind
+# it); called directly, a product reads its operands in place (any row stride, either
+# orientation) and adds into its output: no copies of a tile's rows, no temporaries.
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char,  # kind ('s', 'd'), transa, transb
+    types.intp, types.intp, types.intp,  # m, n, k
+    types.voidptr, types.voidptr, types.intp,  # alpha, a, lda
+    types.voidptr, types.intp, types.voidptr,  # b, ldb, beta
+    types.voidptr, types.intp))  # c, ldc  # fmt: skip
+
+
+@intrinsic
+def _address(typingctx, arr):
+    """The address of an array's first element (a view's, offset included)."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(array.data, cgutils.voidptr_t)
+
+    return types.voidptr(arr), codegen
+
+
+def _gemm(a, b, c, add):
+    """c = a @ b, or c += a @ b if ``add``: a (m,k), b (k,n), c (m,n) 2-D views whose rows
+    (or, for a and b, columns: a transposed view) are contiguous. This plain version runs
+    without Numba (NUMBA_DISABLE_JIT=1); compiled code calls BLAS (:func:`_gemm_blas`)."""
+    if add:
+        c += a @ b
+    else:
+        c[...] = a @ b
+
+
+@overload(_gemm, jit_options=JIT_OPTS)
+def _gemm_blas(a, b, c, add):
+    kind = np.int8(ord("s") if a.dtype == types.float32 else ord("d"))
+    plain, transposed = np.int8(ord("n")), np.int8(ord("t"))
+
+    def gemm(a, b, c, add):
+        m, k = a.shape
+        n = b.shape[1]
+        if m == 0 or n == 0:
+            return
+        if k == 0:
+            if not add:
+                c[...] = 0.0
+            return
+        size = c.itemsize
+        coefficients = np.empty(2, dtype=c.dtype)  # alpha, beta
+        coefficients[0] = 1.0
+        coefficients[1] = 1.0 if add else 0.0
+        # BLAS reads column-major: the row-major c = a @ b is c^T = b^T a^T there, and a
+        # row-major view is its own transpose in column-major ("n"), a transposed one "t"
+        if b.strides[1] == size:
+            trans_b, ld_b = plain, max(b.strides[0] // size, n)
+        else:
+            trans_b, ld_b = transposed, max(b.strides[1] // size, k)
+        if a.strides[1] == size:
+            trans_a, ld_a = plain, max(a.strides[0] // size, k)
+        else:
+            trans_a, ld_a = transposed, max(a.strides[1] // size, m)
+        _xxgemm(kind, trans_b, trans_a, n, m, k, _address(coefficients), _address(b), ld_b,
+                _address(a), ld_a, _address(coefficients[1:]), _address(c),
+                max(c.strides[0] // size, n))  # fmt: skip
+
+    return gemm
+
+
 @jit(**JIT_OPTS)
-def _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1):
-    """S (i1-i0, j1-j0): the logits of rows i0:i1 against columns j0:j1, head h, batch row b."""
-    ni, nj = i1 - i0, j1 - j0
+def _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, S):
+    """S (i1-i0, nj), in place: the logits of rows i0:i1 against columns j0:j0+nj, head h,
+    batch row b."""
+    ni, nj = S.shape
     if q.shape[3] > 0:
-        # q_i . k_j: one BLAS product (contiguous copies of the two tiles' rows)
-        S = np.dot(np.ascontiguousarray(q[b, h, i0:i1]), np.ascontiguousarray(k[b, h, j0:j1]).T)
+        _gemm(q[b, h, i0:i1], k[b, h, j0 : j0 + nj].T, S, False)  # q_i . k_j
         if table.shape[1] > 0:
             for ii in range(ni):
-                S_row, table_row = S[ii], table[h, i0 + ii, j0:j1]  # (nj,) each
+                S_row, table_row = S[ii], table[h, i0 + ii, j0 : j0 + nj]  # (nj,) each
                 for jj in range(nj):
                     S_row[jj] += table_row[jj]
     elif table.shape[1] > 0:
-        S = table[h, i0:i1, j0:j1].copy()  # (ni,nj) a copy: S is overwritten by P
+        S[...] = table[h, i0:i1, j0 : j0 + nj]
     else:
-        S = np.zeros((ni, nj), dtype=q.dtype)
+        S[...] = 0.0
     a = A.shape[3]
     if a > 0:
         for ii in range(ni):
@@ -104,44 +174,46 @@ def _tile_logits(q, k, table, A, Bt, b, h, i0, i1, j0, j1):
             for jj in range(nj):
                 j = j0 + jj
                 S_row[jj] += A_row[j % a] * Bt_row[j // a]
-    return S
 
 
 @jit(**JIT_OPTS)
-def _row_max(row, start, end, lanes):
-    """max(start, row[:end]) in 16 lanes (scratch ``lanes``, 16 numbers): a plain running
-    max (no nnan flag) is not vectorised."""
-    lanes[:] = start
-    full = end - end % 16
-    for j0 in range(0, full, 16):
-        for u in range(16):
-            lanes[u] = max(lanes[u], row[j0 + u])
+def _row_max(row, start, end):
+    """max(start, row[:end]). float32: as integers, on each float's bits turned into a key
+    that sorts like the float (a float running max is not vectorised without the nnan flag,
+    an integer one is); float64 (checks, not training): a plain running max."""
     top = start
-    for u in range(16):
-        top = max(top, lanes[u])
-    for j in range(full, end):
-        top = max(top, row[j])
+    if row.itemsize == 4:  # float32
+        keys = row.view(np.int32)
+        top_key = _float32_key(np.float32(start).view(np.int32))
+        for j in range(end):
+            top_key = max(top_key, _float32_key(keys[j]))
+        top = np.int32(_float32_key(top_key)).view(np.float32)
+    else:
+        for j in range(end):
+            top = max(top, row[j])
     return top
 
 
 @jit(**JIT_OPTS)
-def _exp_row(row, m, seen, bits):
+def _float32_key(bits):
+    """The int32 bits of a float32 -> an int32 that sorts as the float does (and back: the map
+    is its own inverse): negative floats have their 31 lower bits flipped."""
+    return np.int32(bits ^ ((bits >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+
+
+@jit(**JIT_OPTS)
+def _exp_row(row, m, seen):
     """In place: row[:seen] = exp(row[:seen] - m), row[seen:] = 0 (columns a causal row may
-    not see); returns the sum. ``bits`` (int32, >= len(row)) is scratch; float32 logits
-    take the vectorised polynomial, float64 libm's exp."""
+    not see); returns the sum. float32 logits take the vectorised polynomial (and a float32
+    sum: at most TILE terms), float64 libm's exp."""
     total = np.float64(0.0)  # float64 also as plain Python (NUMBA_DISABLE_JIT=1)
     if row.itemsize == 4:  # float32
-        scale = bits.view(np.float32)  # 2^n, written as exponent bits
+        total32 = np.float32(0.0)
         for j in range(seen):
-            t = max((row[j] - m) * _LOG2E, _TINY_EXPONENT)
-            n = np.floor(t + np.float32(0.5))
-            f = t - n
-            row[j] = _C0 + f * (_C1 + f * (_C2 + f * (_C3 + f * (_C4 + f * (_C5 + f * _C6)))))
-            bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
-        for j in range(seen):
-            e = row[j] * scale[j]
+            e = _exp_float32(row[j] - m)
             row[j] = e
-            total += e
+            total32 += e
+        total = np.float64(total32)
     else:
         for j in range(seen):
             e = math.exp(row[j] - m)
@@ -150,6 +222,36 @@ def _exp_row(row, m, seen, bits):
     for j in range(seen, len(row)):
         row[j] = 0.0
     return total
+
+
+@jit(**JIT_OPTS)
+def _exp_float32(x):
+    """exp(x) for a float32 x <= 0 (the constants' comment): vectorised where it is inlined."""
+    t = max(x * _LOG2E, _TINY_EXPONENT)
+    n = np.floor(t + np.float32(0.5))
+    f = t - n
+    two_f = _C0 + f * (_C1 + f * (_C2 + f * (_C3 + f * (_C4 + f * (_C5 + f * _C6)))))
+    two_n = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
+    return two_f * two_n
+
+
+@jit(**JIT_OPTS)
+def _probs_and_grad_row(S_row, dS_row, lse_i, delta_i, seen):
+    """In place, for one row of a tile: S_row = P = exp(S - lse_i) (0 past ``seen``) and
+    dS_row, given dP, = P (dP - Delta_i): the backward's two passes over a row in one."""
+    if S_row.itemsize == 4:  # float32
+        for j in range(seen):
+            p = _exp_float32(S_row[j] - lse_i)
+            S_row[j] = p
+            dS_row[j] = p * (dS_row[j] - delta_i)
+    else:
+        for j in range(seen):
+            p = math.exp(S_row[j] - lse_i)
+            S_row[j] = p
+            dS_row[j] = p * (dS_row[j] - delta_i)
+    for j in range(seen, len(S_row)):
+        S_row[j] = 0.0
+        dS_row[j] = 0.0
 
 
 @jit(**JIT_OPTS)
@@ -163,8 +265,7 @@ def _forward_heads(q, k, v, table, A, Bt, causal, h0, h1, o, lse):
     """o[:, h0:h1] (B,.,T,hs) and lse[:, h0:h1] (B,.,T): the online softmax, a key tile at a
     time, for a strip of up to ROWS query rows at once (the rows that see the tile)."""
     B, _, T, hs = v.shape
-    bits = np.empty(TILE, dtype=np.int32)
-    lanes = np.empty(16, dtype=v.dtype)
+    strip = np.empty(min(ROWS, T) * TILE, dtype=v.dtype)  # S of a strip against a tile
     for h in range(h0, h1):
         for b in range(B):
             for c0 in range(0, T, ROWS):
@@ -176,18 +277,21 @@ def _forward_heads(q, k, v, table, A, Bt, causal, h0, h1, o, lse):
                 for j0 in range(0, end, TILE):
                     j1 = min(j0 + TILE, end)
                     r0 = max(c0, j0) if causal else c0  # the first row that sees the tile
-                    S = _tile_logits(q, k, table, A, Bt, b, h, r0, c1, j0, j1)  # (c1-r0,nj)
+                    S = strip[: (c1 - r0) * (j1 - j0)].reshape((c1 - r0, j1 - j0))  # (M,nj)
+                    _tile_logits(q, k, table, A, Bt, b, h, r0, c1, j0, S)
                     for ii in range(c1 - r0):
                         a = r0 - c0 + ii  # the row's place in the strip
                         seen = _seen(causal, r0 + ii, j0, j1 - j0)
-                        m_new = _row_max(S[ii], m[a], seen, lanes)
-                        total = _exp_row(S[ii], m_new, seen, bits)  # S[ii] = exp(S[ii] - m_new)
-                        rescale = math.exp(m[a] - m_new)  # 0 on the row's first tile
-                        l[a] = l[a] * rescale + total
-                        for d in range(hs):
-                            acc[a, d] *= rescale
-                        m[a] = m_new
-                    acc[r0 - c0 :] += np.dot(S, np.ascontiguousarray(v[b, h, j0:j1]))
+                        m_old = m[a]
+                        m[a] = _row_max(S[ii], m_old, seen)  # in m: of the logits' dtype
+                        total = _exp_row(S[ii], m[a], seen)  # S[ii] = exp(S[ii] - m[a])
+                        if m[a] > m_old:  # 0 on the row's first tile
+                            rescale = math.exp(m_old - m[a])
+                            l[a] *= rescale
+                            for d in range(hs):
+                                acc[a, d] *= rescale
+                        l[a] += total
+                    _gemm(S, v[b, h, j0:j1], acc[r0 - c0 :], True)  # acc += P v
                 for a in range(c1 - c0):
                     inv = 1.0 / l[a]
                     for d in range(hs):
@@ -202,32 +306,35 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
     up to ROWS query rows at once (module docstring)."""
     B, _, T, hs = v.shape
     D, a = q.shape[3], A.shape[3]
-    bits = np.empty(TILE, dtype=np.int32)
+    # S, then P, and dP, then dS, of a strip against a tile; (M,nj) views of C layout, so
+    # that Numba compiles their rows' loops for contiguous rows
+    strip = np.empty(min(ROWS, T) * TILE, dtype=v.dtype)
+    strip_grad = np.empty(min(ROWS, T) * TILE, dtype=v.dtype)
     for h in range(h0, h1):
         for b in range(B):
             for c0 in range(0, T, ROWS):
                 c1 = min(c0 + ROWS, T)
-                dq_rows = np.zeros((c1 - c0, D), dtype=q.dtype)  # (strip,D)
                 end = c1 if causal else T
                 for j0 in range(0, end, TILE):
                     j1 = min(j0 + TILE, end)
                     nj = j1 - j0
                     r0 = max(c0, j0) if causal else c0  # the first row that sees the tile
-                    S = _tile_logits(q, k, table, A, Bt, b, h, r0, c1, j0, j1)  # (M,nj)
-                    do_rows = np.ascontiguousarray(do[b, h, r0:c1])  # (M,hs)
+                    S = strip[: (c1 - r0) * nj].reshape((c1 - r0, nj))  # (M,nj)
+                    dS = strip_grad[: (c1 - r0) * nj].reshape((c1 - r0, nj))  # (M,nj)
+                    _tile_logits(q, k, table, A, Bt, b, h, r0, c1, j0, S)
+                    do_rows = do[b, h, r0:c1]  # (M,hs)
                     # o = P v:  dP = do v^T
-                    dS = np.dot(do_rows, np.ascontiguousarray(v[b, h, j0:j1]).T)  # (M,nj) dP
+                    _gemm(do_rows, v[b, h, j0:j1].T, dS, False)
                     for ii in range(c1 - r0):
-                        # P = exp(S - lse), the forward's probabilities (S becomes P)
-                        P_row, dS_row, delta_i = S[ii], dS[ii], delta[b, h, r0 + ii]
-                        _exp_row(P_row, lse[b, h, r0 + ii], _seen(causal, r0 + ii, j0, nj), bits)
+                        # P = exp(S - lse), the forward's probabilities (S becomes P), and
                         # P = softmax(S):  dS = P (dP - Delta)
-                        for jj in range(nj):
-                            dS_row[jj] = P_row[jj] * (dS_row[jj] - delta_i)
-                    dv[b, h, j0:j1] += np.dot(S.T, do_rows)  # dv = P^T do
+                        i = r0 + ii
+                        _probs_and_grad_row(S[ii], dS[ii], lse[b, h, i], delta[b, h, i],
+                                            _seen(causal, i, j0, nj))  # fmt: skip
+                    _gemm(S.T, do_rows, dv[b, h, j0:j1], True)  # dv += P^T do
                     if D > 0:  # S = q k^T
-                        dq_rows[r0 - c0 :] += np.dot(dS, np.ascontiguousarray(k[b, h, j0:j1]))
-                        dk[b, h, j0:j1] += np.dot(dS.T, np.ascontiguousarray(q[b, h, r0:c1]))
+                        _gemm(dS, k[b, h, j0:j1], dq[b, h, r0:c1], True)  # dq += dS k
+                        _gemm(dS.T, q[b, h, r0:c1], dk[b, h, j0:j1], True)  # dk += dS^T q
                     if dtable.shape[1] > 0:  # S = table[h]: its gradient sums over the batch
                         for ii in range(c1 - r0):
                             dtable_row, dS_row = dtable[h, r0 + ii, j0:j1], dS[ii]  # (nj,) each
@@ -240,7 +347,6 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
                                 j = j0 + jj
                                 dA[b, h, i, j % a] += dS[ii, jj] * Bt[b, h, i, j // a]
                                 dBt[b, h, i, j // a] += dS[ii, jj] * A[b, h, i, j % a]
-                dq[b, h, c0:c1] = dq_rows
 
 
 # ------------------------------------------------------------------ wrappers
@@ -330,7 +436,7 @@ def tiled_backward(do, delta, lse, pieces, v, causal, table_grad=True):
     gradient is not wanted (a frozen R alone), and comes back (H,0,0)."""
     q, k, table, A, Bt = pieces
     H = v.shape[1]
-    dq = np.empty(q.shape, dtype=v.dtype)  # (B,H,T,D)
+    dq = np.zeros(q.shape, dtype=v.dtype)  # (B,H,T,D)
     dk = np.zeros(q.shape, dtype=v.dtype)  # (B,H,T,D)
     dv = np.zeros_like(v)  # (B,H,T,hs)
     shape = table.shape if table_grad else (table.shape[0], 0, 0)
