@@ -306,6 +306,9 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
     up to ROWS query rows at once (module docstring)."""
     B, _, T, hs = v.shape
     D, a = q.shape[3], A.shape[3]
+    # dS is wanted by the pieces' gradients; a frozen table alone (random_fixed) wants none:
+    # then only dv = P^T do is computed
+    wants_dS = D > 0 or a > 0 or dtable.shape[1] > 0
     # S, then P, and dP, then dS, of a strip against a tile; (M,nj) views of C layout, so
     # that Numba compiles their rows' loops for contiguous rows
     strip = np.empty(min(ROWS, T) * TILE, dtype=v.dtype)
@@ -323,14 +326,18 @@ def _backward_heads(do, q, k, v, lse, delta, table, A, Bt, causal, h0, h1,
                     dS = strip_grad[: (c1 - r0) * nj].reshape((c1 - r0, nj))  # (M,nj)
                     _tile_logits(q, k, table, A, Bt, b, h, r0, c1, j0, S)
                     do_rows = do[b, h, r0:c1]  # (M,hs)
-                    # o = P v:  dP = do v^T
-                    _gemm(do_rows, v[b, h, j0:j1].T, dS, False)
+                    if wants_dS:
+                        # o = P v:  dP = do v^T
+                        _gemm(do_rows, v[b, h, j0:j1].T, dS, False)
                     for ii in range(c1 - r0):
                         # P = exp(S - lse), the forward's probabilities (S becomes P), and
                         # P = softmax(S):  dS = P (dP - Delta)
                         i = r0 + ii
-                        _probs_and_grad_row(S[ii], dS[ii], lse[b, h, i], delta[b, h, i],
-                                            _seen(causal, i, j0, nj))  # fmt: skip
+                        seen = _seen(causal, i, j0, nj)
+                        if wants_dS:
+                            _probs_and_grad_row(S[ii], dS[ii], lse[b, h, i], delta[b, h, i], seen)
+                        else:
+                            _exp_row(S[ii], lse[b, h, i], seen)
                     _gemm(S.T, do_rows, dv[b, h, j0:j1], True)  # dv += P^T do
                     if D > 0:  # S = q k^T
                         _gemm(dS, k[b, h, j0:j1], dq[b, h, r0:c1], True)  # dq += dS k
