@@ -93,15 +93,21 @@ def run_worker(spec):
     reply({"seconds": seconds, "setup_mb": setup_rss, "peak_mb": peak_rss_mb()})
 
 
-def measure(path, kind, T):
+def measure(path, kind, T, processes=1):
+    """One cell: its median step time and peak step memory, each the median over
+    ``processes`` fresh processes (a process's peak memory varies with how glibc's heaps
+    fill: by up to about 90 MB at T = 2048)."""
     env = worker_env(threads=THREADS)
     env["MINISYNTH_TILES"] = {"tiled": "always", "full": "never"}.get(path, "never")
     env["MINISYNTH_MAX_BYTES"] = str(64 * 2**30)  # Random's R at T = 4096 is 2 GB of weights
     spec = {"path": path, "kind": kind, "T": T, "repeats": REPEATS[T]}
-    answer = run_once([sys.executable, __file__, "--worker", json.dumps(spec)], env=env)
-    seconds = answer["seconds"]
-    return {"step_ms": 1000 * statistics.median(seconds), "setup_mb": answer["setup_mb"],
-            "step_mb": answer["peak_mb"] - answer["setup_mb"], "repeats": len(seconds)}  # fmt: skip
+    answers = [run_once([sys.executable, __file__, "--worker", json.dumps(spec)], env=env)
+               for _ in range(processes)]  # fmt: skip
+    step_ms = [1000 * statistics.median(a["seconds"]) for a in answers]
+    step_mb = [a["peak_mb"] - a["setup_mb"] for a in answers]
+    return {"step_ms": statistics.median(step_ms), "setup_mb": answers[0]["setup_mb"],
+            "step_mb": statistics.median(step_mb), "repeats": len(answers[0]["seconds"]),
+            "processes": processes, "step_ms_each": step_ms, "step_mb_each": step_mb}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report
@@ -283,9 +289,10 @@ def reading(results, kinds, lengths):
         )
     lines.append(
         "* **Where synthetic attention saves work.** Random's tile is read from R: one "
-        "product per tile forward (P v) where vanilla has two, three backward where vanilla "
-        "has five, and the batch shares its logits; Dense replaces two projections (queries, "
-        "keys) by one. The quadratic term remains: every kind computes B H T^2 logits per "
+        "product per tile forward (P v) where vanilla has two, two backward where vanilla "
+        "has five (one for a frozen R), and the batch shares its logits; Dense replaces two "
+        "projections (queries, keys) by one. The quadratic term remains: every kind computes "
+        "B H T^2 logits per "
         "layer, so at fixed tokens the step time still grows with T (the time slopes)."
     )
     return "\n".join(lines)
@@ -324,6 +331,21 @@ def plot(results, kinds, lengths, path_png):
     plt.close(fig)
 
 
+def processes_note(results):
+    """Which cells were measured in several processes, and what each process gave."""
+    several = {key: r for key, r in results.items() if r.get("processes", 1) > 1}
+    if not several:
+        return ""
+    cells = "; ".join(
+        f"{key.replace('|', ' ').replace(' ', ', ', 1)} "
+        + "(" + ", ".join(f"{ms:,.0f}" for ms in r["step_ms_each"]) + " ms; "
+        + ", ".join(f"{mb:,.0f}" for mb in r["step_mb_each"]) + " MB)"
+        for key, r in several.items()
+    )  # fmt: skip
+    return (" Measured in several processes, the medians shown (each process's step time and "
+            f"step memory): {cells}.")  # fmt: skip
+
+
 def write_section(markdown_path, section):
     """Replace the section between the two markers in ``markdown_path`` (or append it)."""
     text = markdown_path.read_text() if markdown_path.exists() else ""
@@ -346,6 +368,8 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true", help="tables from --json, no runs")
     parser.add_argument("--markdown", type=Path, default=None, help="write the section here")
     parser.add_argument("--plot", type=Path, default=ROOT / "benchmarks" / "length.png")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="measure each cell in this many processes (medians)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.worker:
         run_worker(json.loads(args.worker))
@@ -361,13 +385,15 @@ def main(argv=None):
                 for path in PATHS:
                     if path == "full" and T > FULL_UP_TO:
                         continue
-                    r = measure(path, kind, T)
+                    r = measure(path, kind, T, args.processes)
                     results[f"{path}|{kind}|{T}"] = r
                     print(f"T={T:5d} {kind:18s} {path:6s} {r['step_ms']:9.1f} ms  "
                           f"step {r['step_mb']:8.0f} MB  set-up {r['setup_mb']:7.0f} MB",
                           flush=True)  # fmt: skip
+                    minutes = meta.get("minutes", 0) if saved else 0  # a re-run adds its own
                     meta = {"commit": git_state(), "cpu": cpu_model(),
-                            "minutes": round((time.time() - started) / 60)}  # fmt: skip
+                            "minutes": minutes + round((time.time() - started) / 60)}  # fmt: skip
+                    started = time.time()
                     args.json.write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
     section = "\n\n".join(
         [
@@ -381,7 +407,7 @@ def main(argv=None):
             "(forward, backward, clip, AdamW); median of "
             + ", ".join(f"{n} at T={T}" for T, n in REPEATS.items() if T in lengths)
             + " step(s) after one warm-up: the long lengths take fewer repeats."
-            + (f" Note: {meta['note']}." if meta.get("note") else ""),
+            + processes_note(results),
             tables(results, kinds, lengths),
             "![time and memory against T](benchmarks/length.png)",
             "What it says (computed from the tables above):\n\n" + reading(results, kinds, lengths),

@@ -664,10 +664,35 @@ def training_tokens_per_s(out, result):
 
 
 def cost_line(study):
+    """The study's runs and CPU-hours: in all, reused from the earlier sweep, and new (by
+    role) against the budget."""
     groups = [list(study.selection.values()), *study.final.values(), *study.untuned.values()]
     runs = {(r["variant"], r["seed"]): r for group in groups for r in group}
-    hours = sum(r["wall_time_s"] for r in runs.values()) / 3600
-    return f"The study: {len(runs)} runs, {hours:.1f} CPU-hours of wall time in all."
+    reused = {key for key, r in runs.items()
+              if r["compute"].get("minisynth_commit") in setup.EARLIER_SWEEP_COMMITS}  # fmt: skip
+    selection = {(r["variant"], r["seed"]) for r in study.selection.values()}
+    fresh = {(r["variant"], r["seed"]) for group in study.final.values() for r in group
+             if r["seed"] in study.seeds}  # fmt: skip
+    extra = {(r["variant"], r["seed"]) for group in study.final.values() for r in group} - fresh
+    roles = [("the search's selection runs", selection), ("the fresh seeds", fresh),
+             ("the extra seeds of close pairs", extra)]  # fmt: skip
+    roles.append(("controls, untuned kinds and the rerun",
+                  set(runs) - reused - selection - fresh - extra))  # fmt: skip
+
+    def hours(keys):
+        return sum(runs[key]["wall_time_s"] for key in keys) / 3600
+
+    new = set(runs) - reused
+    parts = ", ".join(f"{name} {len(keys - reused)} ({hours(keys - reused):.1f} h)"
+                      for name, keys in roles if keys - reused)  # fmt: skip
+    over, budget = hours(new) - setup.BUDGET_HOURS, f"{setup.BUDGET_HOURS:g} CPU-hours"
+    verdict = (f"{over:.1f} h over the budget of {budget} for new runs" if over > 0
+               else f"within the budget of {budget} for new runs")  # fmt: skip
+    return (
+        f"The study: {len(runs)} runs, {hours(runs):.1f} CPU-hours of wall time in all; "
+        f"{len(reused)} runs ({hours(reused):.1f} h) of the earlier sweep reused where their "
+        f"settings match, {len(new)} new ({hours(new):.1f} h: {parts}), {verdict}."
+    )
 
 
 def results_table(out, study):

@@ -127,6 +127,10 @@ FINAL_SEEDS = [1, 2, 3, 4, 5]  # fresh seeds at the chosen settings (not the sel
 # the gap those seeds detect with 80% power (a gap near what the runs can resolve).
 EXTRA_SEEDS = 2
 CLOSE_RANGE = (0.5, 1.5)
+# The CPU-hours of new runs the study may spend (issue 26), and the commits of the earlier
+# sweep (issue 18) whose runs it reuses where their settings match: they count as found.
+BUDGET_HOURS = 5.0
+EARLIER_SWEEP_COMMITS = frozenset({"581951c", "ce01d79"})
 WIDE_VANILLA = "vanilla_wide"  # vanilla widened to dense+vanilla's reachable size
 RERUN = "vanilla_rerun"  # vanilla seed 1 again at today's commit: how far reruns agree
 

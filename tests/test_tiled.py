@@ -21,6 +21,7 @@ from helpers import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import jit
 from test_attention import keep_relu_away_from_kink
 
 from minisynth import attention, gradcheck
@@ -141,6 +142,36 @@ def test_kernels_match_their_naive_twins(dtype, B, H, T, D, a, with_table, causa
                               tiled.tiled_backward.reference(do, delta, lse, pieces, v, causal),
                               strict=True):  # fmt: skip
         np.testing.assert_allclose(g, g_ref, **TOL[dtype], err_msg=name)
+
+
+@jit(nopython=True, cache=False)
+def compiled_gemm(a, b, c, add):
+    """The kernels' product as compiled code calls it: BLAS (plain Python under
+    NUMBA_DISABLE_JIT=1)."""
+    tiled._gemm(a, b, c, add)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(m=st.integers(0, 5), n=st.integers(0, 5), k=st.integers(0, 5),
+       a_transposed=st.booleans(), b_transposed=st.booleans(), add=st.booleans(),
+       seed=seeds)  # fmt: skip
+@settings(deadline=None, max_examples=40)
+def test_the_tiles_product_reads_views_in_place(dtype, m, n, k, a_transposed, b_transposed,
+                                                add, seed):  # fmt: skip
+    """c = a @ b or c += a @ b on views inside larger arrays, either operand transposed, any
+    size down to 0: what the tile kernels hand BLAS (rows strided, offsets, a tile's .T)."""
+    rng = np.random.default_rng(seed)
+    big_a, big_b = uniform(rng, (8, 9), dtype=dtype), uniform(rng, (8, 9), dtype=dtype)
+    a = big_a[1 : 1 + k, 2 : 2 + m].T if a_transposed else big_a[1 : 1 + m, 2 : 2 + k]
+    b = big_b[2 : 2 + n, 1 : 1 + k].T if b_transposed else big_b[2 : 2 + k, 1 : 1 + n]
+    big_c = uniform(rng, (7, 9), dtype=dtype)
+    c = big_c[1 : 1 + m, 3 : 3 + n]
+    expected = big_c.copy()
+    expected[1 : 1 + m, 3 : 3 + n] = (c if add else 0) + a.astype(np.float64) @ b
+    before = snapshot(big_a, big_b)
+    compiled_gemm(a, b, c, add)
+    assert_unchanged(before, [big_a, big_b])
+    np.testing.assert_allclose(big_c, expected, **TOL[dtype])  # nothing outside c touched
 
 
 def test_float32_exp_is_accurate_over_its_whole_range():

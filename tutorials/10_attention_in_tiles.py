@@ -112,8 +112,8 @@ for block in (1, 7, 16, T_row):
 
 # %% [markdown]
 # Every block size gives the softmax's output to float64 rounding. The library's
-# kernel does this for a whole tile of rows at once: S for a tile of 128 query
-# rows against 128 keys (one BLAS product), the running maxima of the 128 rows, the
+# kernel does this for a whole strip of rows at once: S for up to 1,024 query rows
+# against 128 keys (one BLAS product), the running maxima of those rows, the
 # exponentials, and acc += P_tile v_tile (another product). Causal attention
 # visits only the key tiles at or left of the diagonal: the tiles wholly above it
 # are never computed, which halves the work.
@@ -359,7 +359,8 @@ fig2  # noqa: B018
 #
 # * **Where synthetic attention saves work.** Random has no q k^T at all: its tile
 #   is read from R, so its forward does one product per tile (P v) where vanilla's
-#   does two, and its backward three where vanilla's does five. Dense's tile is a
+#   does two, and its backward two (dP and P^T do; a frozen R only P^T do) where
+#   vanilla's does five. Dense's tile is a
 #   product like vanilla's (width hs + 1), but its first layer replaces two
 #   projections (queries and keys) with one. In decoding (tutorial 11) the
 #   synthetic kinds keep no keys at all.

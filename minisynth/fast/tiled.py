@@ -34,8 +34,9 @@ where dP_ij = do_i . v_j. Each tile adds its share to dv (P^T do), dq (dS k), dk
 The products of a tile are BLAS calls (:func:`_gemm`: BLAS's gemm called from Numba on
 views, adding into its output); exp of float32 logits is a polynomial that LLVM
 vectorises (:func:`_exp_float32`), float64 calls libm; a float32 row's maximum is
-taken on integer keys of its bits (:func:`_row_max`), which vectorise. Heads are split over threads (:func:`minisynth.fast.threads.run_sharded`)
-when no batch split is running already: at B = 1 the heads keep both cores busy.
+taken on integer keys of its bits (:func:`_row_max`), which vectorise. Heads are split
+over threads (:func:`minisynth.fast.threads.run_sharded`) when no batch split is
+running already: at B = 1 the heads keep both cores busy.
 
 Shape letters are those of :mod:`minisynth.layers`; D is the width of the
 dot-product features, a and b the factorized Dense factors.
