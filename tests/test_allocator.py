@@ -51,6 +51,36 @@ def test_tuned_malloc_stops_refaulting_freed_memory():
     assert tuned < default / 10
 
 
+THREADS = """
+import sys, threading
+import numpy as np
+from minisynth.fast.allocator import reuse_freed_memory
+applied = reuse_freed_memory() if sys.argv[1] == "tuned" else None
+
+
+def peak_kb():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+
+
+a = np.ones(10_000_000, np.float32); del a  # 40 MB the main thread frees
+before = peak_kb()
+thread = threading.Thread(target=lambda: np.ones(10_000_000, np.float32))  # a shard's temporary
+thread.start(); thread.join()
+print(applied, peak_kb() - before)
+"""
+
+
+def test_tuned_malloc_shares_freed_memory_between_threads():
+    """One heap for every thread: what the main thread freed, a shard thread reuses. With an
+    arena per thread the thread's 40 MB would be new memory, and the process's peak grow."""
+    proc = subprocess.run([sys.executable, "-c", THREADS, "tuned"], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    applied, growth_kb = proc.stdout.split()
+    if applied != "True":
+        pytest.skip("this C library refused mallopt")
+    assert int(growth_kb) < 10_000
+
+
 def test_opt_out_leaves_malloc_alone():
     applied, faults = run_loop("tuned", MINISYNTH_MALLOC="default")
     assert applied == "False"
