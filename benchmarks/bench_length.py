@@ -281,11 +281,13 @@ def reading(results, kinds, lengths):
             )  # fmt: skip
             for T in short + [TILED_FROM]
         )
+        at_rule = [cell("tiled", k, TILED_FROM) / cell("full", k, TILED_FROM) for k in kinds]
         lines.append(
             f"* **Where tiles start.** Tiled over full step time at short lengths: {ratios}. "
             f"`minisynth train` tiles from T = {TILED_FROM} on (`attention.TILED_FROM`; "
-            "`--tiles always|never` overrides), where tiles win on memory at every length "
-            "and on time as well."
+            "`--tiles always|never` overrides): from there tiles win on memory at every length, "
+            f"and their time is x{min(at_rule):.2f} to x{max(at_rule):.2f} of the full path's "
+            f"at T = {TILED_FROM}, less at every longer length (the tables)."
         )
     lines.append(
         "* **Where synthetic attention saves work.** Random's tile is read from R: one "
@@ -390,9 +392,9 @@ def main(argv=None):
                     print(f"T={T:5d} {kind:18s} {path:6s} {r['step_ms']:9.1f} ms  "
                           f"step {r['step_mb']:8.0f} MB  set-up {r['setup_mb']:7.0f} MB",
                           flush=True)  # fmt: skip
-                    minutes = meta.get("minutes", 0) if saved else 0  # a re-run adds its own
-                    meta = {"commit": git_state(), "cpu": cpu_model(),
-                            "minutes": minutes + round((time.time() - started) / 60)}  # fmt: skip
+                    # the results' minutes: a re-run of some cells adds its own
+                    minutes = meta.get("minutes", 0) + (time.time() - started) / 60
+                    meta = {"commit": git_state(), "cpu": cpu_model(), "minutes": minutes}
                     started = time.time()
                     args.json.write_text(json.dumps({"meta": meta, "runs": results}, indent=1))
     section = "\n\n".join(
@@ -400,7 +402,7 @@ def main(argv=None):
             "## Attention at length: the efficiency table (issue 29)",
             f"Command: `python benchmarks/bench_length.py --markdown BENCHMARKS.md` "
             f"({meta.get('cpu', cpu_model())}, {THREADS} threads, minisynth "
-            f"{meta.get('commit', git_state())}; {meta.get('minutes', '?')} min). "
+            f"{meta.get('commit', git_state())}; {meta.get('minutes', 0):.0f} min). "
             "Bench model (d_model 256, 8 heads, "
             "4 layers, "
             f"max_len = T), B x T = {TOKENS} tokens per batch, float32, one training step "

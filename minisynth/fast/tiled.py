@@ -119,6 +119,7 @@ def _gemm(a, b, c, add):
 
 @overload(_gemm, jit_options=JIT_OPTS)
 def _gemm_blas(a, b, c, add):
+    """:func:`_gemm` in compiled code: one BLAS call on the views as they lie in memory."""
     kind = np.int8(ord("s") if a.dtype == types.float32 else ord("d"))
     plain, transposed = np.int8(ord("n")), np.int8(ord("t"))
 
@@ -145,9 +146,11 @@ def _gemm_blas(a, b, c, add):
             trans_a, ld_a = plain, max(a.strides[0] // size, k)
         else:
             trans_a, ld_a = transposed, max(a.strides[1] // size, m)
-        _xxgemm(kind, trans_b, trans_a, n, m, k, _address(coefficients), _address(b), ld_b,
-                _address(a), ld_a, _address(coefficients[1:]), _address(c),
-                max(c.strides[0] // size, n))  # fmt: skip
+        status = _xxgemm(kind, trans_b, trans_a, n, m, k, _address(coefficients), _address(b),
+                         ld_b, _address(a), ld_a, _address(coefficients[1:]), _address(c),
+                         max(c.strides[0] // size, n))  # fmt: skip
+        if status != 0:  # Numba's helper found no BLAS (SciPy's) to call
+            raise RuntimeError("BLAS gemm failed: SciPy's BLAS could not be loaded")
 
     return gemm
 
