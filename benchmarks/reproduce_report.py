@@ -663,10 +663,13 @@ def training_tokens_per_s(out, result):
     return result["tokens"] / seconds
 
 
-def cost_line(study):
+def cost_line(study, out):
     """The study's runs and CPU-hours: in all, reused from the earlier sweep, and new (by
     role) against the budget."""
     groups = [list(study.selection.values()), *study.final.values(), *study.untuned.values()]
+    rerun = run_dir(out, RERUN, 1) / "result.json"
+    if rerun.exists():
+        groups.append([json.loads(rerun.read_text())])
     runs = {(r["variant"], r["seed"]): r for group in groups for r in group}
     reused = {key for key, r in runs.items()
               if r["compute"].get("minisynth_commit") in setup.EARLIER_SWEEP_COMMITS}  # fmt: skip
@@ -752,7 +755,7 @@ def write_report(out, study, report, command):
         "per run.",
         "",
         compute_line(everything or list(study.selection.values())),
-        cost_line(study),
+        cost_line(study, out),
         "",
         *protocol_lines(study),
         "## The search",
