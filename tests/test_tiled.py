@@ -239,18 +239,20 @@ def step_peak_bytes(model, idx):
 
 @pytest.mark.parametrize("kind", ["vanilla", "dense", "factorized_random"])
 def test_step_memory_is_flat_in_T_at_a_fixed_number_of_tokens(kind):
-    """B T = 1024 tokens: from T = 128 to 1024 the full path's maps grow 8x, the tiled
-    step's memory may not grow by half (parameters here are far smaller than activations)."""
+    """B T = 4096 tokens: from T = 128 to 1024 the full path's maps grow 8x, the tiled
+    step's memory by at most a fifth (parameters here are far smaller than activations,
+    and the kernels' scratch, two strips of up to ROWS x TILE per thread, far smaller still:
+    with a model much narrower, threads' scratch alive at once made the peak vary)."""
     peaks = {}
     for tiles in ("always", "never"):
         for T in (128, 1024):
-            config = ModelConfig(d_model=16, n_heads=2, n_layers=1, max_len=T, attention=kind)
+            config = ModelConfig(d_model=64, n_heads=4, n_layers=1, max_len=T, attention=kind)
             model = SynthesizerLM(config, backend="numba", tiles=tiles)
-            idx = np.random.default_rng(0).integers(0, 256, (1024 // T, T))
+            idx = np.random.default_rng(0).integers(0, 256, (4096 // T, T))
             peaks[tiles, T] = step_peak_bytes(model, idx)
-    assert peaks["always", 1024] < 1.5 * peaks["always", 128]
-    assert peaks["never", 1024] > 3 * peaks["never", 128]  # the maps, as before tiles
-    assert peaks["always", 1024] < peaks["never", 1024] / 3
+    assert peaks["always", 1024] < 1.2 * peaks["always", 128]
+    assert peaks["never", 1024] > 2 * peaks["never", 128]  # the maps, as before tiles
+    assert peaks["always", 1024] < peaks["never", 1024] / 2
 
 
 def test_the_path_is_chosen_by_T_and_can_be_overridden(monkeypatch):
