@@ -107,7 +107,7 @@ def measure(path, kind, T, processes=1):
     step_mb = [a["peak_mb"] - a["setup_mb"] for a in answers]
     return {"step_ms": statistics.median(step_ms), "setup_mb": answers[0]["setup_mb"],
             "step_mb": statistics.median(step_mb), "repeats": len(answers[0]["seconds"]),
-            "processes": processes, "step_ms_each": step_ms, "step_mb_each": step_mb}  # fmt: skip
+            "step_ms_each": step_ms, "step_mb_each": step_mb}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- report
@@ -338,7 +338,7 @@ def plot(results, kinds, lengths, path_png):
 
 def processes_note(results):
     """Which cells were measured in several processes, and what each process gave."""
-    several = {key: r for key, r in results.items() if r.get("processes", 1) > 1}
+    several = {key: r for key, r in results.items() if len(r.get("step_ms_each", ())) > 1}
     if not several:
         return ""
     cells = "; ".join(

@@ -49,25 +49,20 @@ def loss_and_grads(model, idx, targets):
     )
     if len(shards) == 1:
         return shards[0][1:]
-    if len({n for n, _, _ in shards}) == 1:  # equal shards: add them up, then scale once
-        (_, loss, grads), *rest = shards
-        for _, shard_loss, shard_grads in rest:
-            loss += shard_loss
-            for name, g in shard_grads.items():
-                grads[name] += g  # in place: the first shard's fresh arrays
-        for g in grads.values():
-            g /= len(shards)
-        return loss / len(shards), grads
-    (n, loss, grads), *rest = shards
-    loss *= n / B
-    for name in grads:
-        grads[name] *= n / B  # in place: the shard's fresh arrays
+    # sum_s (n_s / B) mean_s = (n_0 / B) sum_s (n_s / n_0) mean_s: the shards added up with
+    # weights relative to the first (1 for equal shards: no multiply), then scaled once
+    (n0, loss, grads), *rest = shards
     for n, shard_loss, shard_grads in rest:
-        loss += shard_loss * n / B
+        weight = n / n0
+        loss += shard_loss * weight
         for name, g in shard_grads.items():
-            g *= n / B  # in place: no temporary as large as the parameter (Random's R)
-            grads[name] += g
-    return loss, grads
+            if weight != 1:
+                g *= weight  # in place: no temporary as large as the parameter (Random's R)
+            grads[name] += g  # in place: the first shard's fresh arrays
+    scale = n0 / B
+    for g in grads.values():
+        g *= scale
+    return loss * scale, grads
 
 
 def logits(model, idx):
